@@ -1,0 +1,100 @@
+"""`dvd`: the command line. `dvd make-checkpoint` writes a seeded random-init checkpoint;
+`dvd serve` runs gateway + vision + language on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from dvd.config import DEFAULT_MODEL
+from dvd.flags import setup_logging
+from dvd.launcher import LocalStack, StackOptions
+
+PRESETS = ("tiny", "small", "1b-shape")
+
+
+def ensure_checkpoint(model: str, root: Path) -> Path | str:
+    """A preset name becomes `root/<preset>` (written once); anything else passes through."""
+    if model not in PRESETS:
+        return Path(model) if Path(model).exists() else model
+    from dvd.checkpoint import make_checkpoint
+
+    path = root / model
+    if not (path / "config.json").exists():
+        print(f"writing the {model} random-init checkpoint to {path} ...", flush=True)
+        make_checkpoint(model, path)
+    return path
+
+
+def cmd_make_checkpoint(a: argparse.Namespace) -> int:
+    from dvd.checkpoint import make_checkpoint
+
+    path = make_checkpoint(a.preset, Path(a.out), seed=a.seed)
+    print(f"wrote {a.preset} checkpoint (seed {a.seed}) to {path}")
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    checkpoint = ensure_checkpoint(a.model, Path(a.checkpoint_root))
+    opts = StackOptions(
+        checkpoint=checkpoint, host=a.host, port=a.port, grpc_port=a.grpc_port, monolithic=a.monolithic,
+        vision_replicas=a.vision_replicas, language_replicas=a.language_replicas, model_name=a.model_name,
+        device=a.device, dtype=a.dtype, log_dir=Path(a.log_dir) if a.log_dir else None,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = LocalStack(opts)
+    print(f"starting dvd-serve ({'monolithic' if a.monolithic else 'disaggregated'}) with {checkpoint} ...", flush=True)
+    stack.start()
+    try:
+        print(f"ready.\n  REST (OpenAI): {stack.base_url}\n  gRPC gateway:  {stack.grpc_target}\n"
+              f"  vision pool:   {', '.join(stack.vision_targets)}\n  language pool: {', '.join(stack.language_targets)}\n"
+              f"  model name:    {a.model_name}\nCtrl-C stops everything.", flush=True)
+        while not stop.wait(0.5):
+            dead = [p.name for p in stack.procs if p.popen.poll() is not None]
+            if dead:
+                print(f"{', '.join(dead)} exited; stopping", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        print("stopping ...", flush=True)
+        stack.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dvd", description="Decoupled vision-language serving for InternVL")
+    sub = parser.add_subparsers(dest="command", required=True)
+    mk = sub.add_parser("make-checkpoint", help="write a seeded random-init InternVL checkpoint")
+    mk.add_argument("--preset", choices=PRESETS, required=True)
+    mk.add_argument("--out", required=True)
+    mk.add_argument("--seed", type=int, default=0)
+    mk.set_defaults(func=cmd_make_checkpoint)
+    sv = sub.add_parser("serve", help="run gateway + vision + language on this machine")
+    sv.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint dir, hub id, or a preset {PRESETS}")
+    sv.add_argument("--checkpoint-root", default="checkpoints", help="where preset checkpoints are written")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000, help="gateway REST port")
+    sv.add_argument("--grpc-port", type=int, default=50050, help="gateway gRPC port")
+    sv.add_argument("--monolithic", action="store_true", help="vision + language in one process (colocated)")
+    sv.add_argument("--vision-replicas", type=int, default=1)
+    sv.add_argument("--language-replicas", type=int, default=1)
+    sv.add_argument("--model-name", default="internvl", help="the model id clients send")
+    sv.add_argument("--device", default="auto")
+    sv.add_argument("--dtype", default="auto")
+    sv.add_argument("--log-dir", default="", help="write each process's log here instead of the terminal")
+    sv.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging("INFO")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""One frozen config dataclass per service, validated in __post_init__. Built once from
+flags in each service's `__main__` (or by `dvd serve`); nothing else reads argv or env."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dvd.types import Codec, Compression, VirMode
+
+DEFAULT_MODEL = "tiny"  # `dvd serve` with no --model: the tiny random-init checkpoint
+
+
+def _positive(**values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """device: "auto" | "cpu" | "cuda" | "cuda:N"; dtype: "auto" | "float32" | "bfloat16" | "float16".
+    attn_implementation: "auto" | "sdpa" | "flash_attention_2" | "eager"."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    attn_implementation: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"unknown dtype {self.dtype!r}")
+        if self.attn_implementation not in ("auto", "sdpa", "flash_attention_2", "eager"):
+            raise ValueError(f"unknown attn_implementation {self.attn_implementation!r}")
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 50051
+    advertise: str = ""  # host:port language replicas use to fetch; default host:bound port
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    codec: Codec | None = None  # None: match the compute dtype (fp32 on CPU, bf16 on GPU)
+    compression: Compression = Compression.NONE
+    vir: VirMode = VirMode.AUTO
+    min_tiles: int = 1
+    max_tiles: int = 12
+    use_thumbnail: bool = True
+    max_image_bytes: int = 32 * 1024 * 1024
+    max_image_pixels: int = 64 * 1024 * 1024
+    max_batch_tiles: int = 32
+    max_batch_wait_ms: float = 5.0
+    max_queue_images: int = 256
+    store_max_bytes: int = 2 * 1024**3
+    store_ttl_s: float = 600.0
+    fetch_chunk_bytes: int = 1024 * 1024
+    drain_grace_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _positive(max_batch_tiles=self.max_batch_tiles, max_queue_images=self.max_queue_images,
+                  store_max_bytes=self.store_max_bytes, store_ttl_s=self.store_ttl_s,
+                  fetch_chunk_bytes=self.fetch_chunk_bytes, max_image_bytes=self.max_image_bytes)
+        if not 1 <= self.min_tiles <= self.max_tiles:
+            raise ValueError(f"need 1 <= min_tiles <= max_tiles, got {self.min_tiles}, {self.max_tiles}")
+        if self.max_batch_wait_ms < 0:
+            raise ValueError("max_batch_wait_ms must be >= 0")
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 50052
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    max_model_len: int = 8192  # prompt + completion tokens; capped by the model's positions
+    default_max_tokens: int = 256
+    max_running_seqs: int = 16
+    max_queue: int = 256
+    fetch_timeout_s: float = 30.0
+    drain_grace_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _positive(max_model_len=self.max_model_len, default_max_tokens=self.default_max_tokens,
+                  max_running_seqs=self.max_running_seqs, max_queue=self.max_queue,
+                  fetch_timeout_s=self.fetch_timeout_s)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    vision_targets: tuple[str, ...]  # host:port of each vision replica
+    language_targets: tuple[str, ...]  # host:port of each language replica
+    model_name: str = "internvl"  # the id clients pass as `model`
+    model_root: str = ""  # checkpoint path or hub id, shown in /v1/models
+    host: str = "127.0.0.1"
+    port: int = 8000  # REST
+    grpc_port: int = 50050
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_images_per_request: int = 16
+    image_fetch_timeout_s: float = 10.0
+    allow_http_images: bool = True
+    request_timeout_s: float = 600.0
+    drain_grace_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.vision_targets or not self.language_targets:
+            raise ValueError("the gateway needs at least one vision and one language target")
+        _positive(max_image_bytes=self.max_image_bytes, max_images_per_request=self.max_images_per_request,
+                  image_fetch_timeout_s=self.image_fetch_timeout_s, request_timeout_s=self.request_timeout_s)

@@ -1,0 +1,131 @@
+"""gRPC server boilerplate shared by every service: the error interceptor, health and
+reflection, message size limits, and SIGTERM -> NOT_SERVING -> stop(grace) -> drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from dvd.errors import DvdError, Internal, kind_of
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """Options for both ends: large messages, and keepalives so dead peers are noticed."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    if isinstance(exc, DvdError):
+        await context.abort(kind_of(exc).grpc_code, exc.message)
+    log.exception("unhandled error in %s", getattr(context, "_method", "rpc"))
+    await context.abort(kind_of(Internal("")).grpc_code, f"internal error: {type(exc).__name__}: {exc}")
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps domain exceptions raised by any handler to their gRPC status (dvd.errors table)."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            self._wrap_unary(handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    @staticmethod
+    def _wrap_unary(fn):
+        async def call(request, context):
+            try:
+                return await fn(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - translated to a status code
+                await _abort(context, exc)
+
+        return call
+
+    @staticmethod
+    def _wrap_stream(fn):
+        async def call(request, context):
+            try:
+                async for item in fn(request, context):
+                    yield item
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - translated to a status code
+                await _abort(context, exc)
+
+        return call
+
+
+class GrpcService:
+    """An aio gRPC server with health + reflection. Register servicers, then `start()`;
+    `serve_forever()` drains on SIGTERM/SIGINT."""
+
+    def __init__(self, service_names: Iterable[str], max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self.service_names = list(service_names)
+        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=channel_options(max_message_bytes))
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self.server,
+        )
+        self.port = 0
+
+    def bind(self, host: str, port: int) -> int:
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC server to {host}:{port}")
+        return self.port
+
+    async def start(self) -> None:
+        """Start serving; liveness ("") is SERVING at once, readiness waits for `set_ready`."""
+        await self.server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for name in self.service_names:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def set_ready(self, ready: bool = True) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in self.service_names:
+            await self.health.set(name, status)
+
+    async def serve_forever(self, grace_s: float, on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Block until SIGTERM/SIGINT, then drain: NOT_SERVING, finish in-flight calls, stop."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: draining for up to %.0f s", grace_s)
+        await self.health.enter_graceful_shutdown()
+        if on_stop is not None:
+            await on_stop()
+        await self.server.stop(grace_s)

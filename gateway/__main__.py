@@ -1,0 +1,40 @@
+"""`python -m gateway --vision HOST:PORT --language HOST:PORT`: the OpenAI REST + gRPC front door."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from dvd.config import GatewayConfig
+from dvd.flags import setup_logging
+from gateway.server import serve
+
+
+def parse_config(argv: list[str] | None = None) -> GatewayConfig:
+    p = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
+    p.add_argument("--vision", action="append", required=True, help="vision replica host:port (repeatable)")
+    p.add_argument("--language", action="append", required=True, help="language replica host:port (repeatable)")
+    p.add_argument("--model-name", default="internvl", help="the model id clients send")
+    p.add_argument("--model-root", default="", help="checkpoint path or hub id, shown in /v1/models")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="REST port")
+    p.add_argument("--grpc-port", type=int, default=50050)
+    p.add_argument("--max-image-mib", type=float, default=20)
+    p.add_argument("--max-images-per-request", type=int, default=16)
+    p.add_argument("--image-fetch-timeout-s", type=float, default=10.0)
+    p.add_argument("--no-http-images", action="store_true", help="accept only inline/data: images")
+    p.add_argument("--drain-grace-s", type=float, default=30.0)
+    p.add_argument("--log-level", default="INFO")
+    a = p.parse_args(argv)
+    setup_logging(a.log_level)
+    return GatewayConfig(
+        vision_targets=tuple(a.vision), language_targets=tuple(a.language), model_name=a.model_name,
+        model_root=a.model_root, host=a.host, port=a.port, grpc_port=a.grpc_port,
+        max_image_bytes=int(a.max_image_mib * 1024 * 1024), max_images_per_request=a.max_images_per_request,
+        image_fetch_timeout_s=a.image_fetch_timeout_s, allow_http_images=not a.no_http_images,
+        drain_grace_s=a.drain_grace_s,
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(serve(parse_config()))

@@ -1,0 +1,48 @@
+"""gRPC front end: `Gateway.Chat` and `ListModels` over `Pipeline.chat`."""
+
+from __future__ import annotations
+
+import uuid
+
+from dvd import convert
+from dvd.types import SamplingParams, TextPart
+from gateway.images import ImageSource
+from gateway.pipeline import ChatRequest, ChatTurn, Pipeline
+from protos.v1 import gateway_pb2, gateway_pb2_grpc
+
+
+def chat_request_from_pb(pb: gateway_pb2.ChatRequest) -> ChatRequest:
+    turns = []
+    for turn in pb.messages:
+        parts = []
+        for part in turn.content:
+            if part.WhichOneof("part") == "image":
+                source = part.image
+                is_data = source.WhichOneof("source") == "data"
+                parts.append(ImageSource(data=source.data) if is_data else ImageSource(url=source.url))
+            else:
+                parts.append(TextPart(part.text))
+        turns.append(ChatTurn(turn.role, tuple(parts)))
+    sampling = convert.sampling_from_pb(pb.sampling) if pb.HasField("sampling") else SamplingParams()
+    return ChatRequest(
+        messages=tuple(turns), sampling=sampling, model=pb.model, tiling=convert.tiling_from_pb(pb.tiling),
+        vir=convert.vir_from_pb(pb.vir), request_id=pb.request_id or f"chat-{uuid.uuid4().hex}",
+    )
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    async def Chat(self, request, context):
+        req = chat_request_from_pb(request)
+        async for delta in self.pipeline.chat(req):
+            pb = convert.delta_to_pb(req.request_id, delta)
+            yield gateway_pb2.ChatResponse(
+                request_id=req.request_id, text=pb.text, token_ids=pb.token_ids, finish_reason=pb.finish_reason,
+                usage=pb.usage, timings=pb.timings, cached_images=delta.cached_images,
+            )
+
+    async def ListModels(self, request, context):
+        cfg = self.pipeline.cfg
+        return gateway_pb2.ListModelsResponse(models=[gateway_pb2.ModelCard(id=cfg.model_name, root=cfg.model_root)])

@@ -1,0 +1,90 @@
+"""The request path, top to bottom: parse -> load images -> encode them on the vision pool
+-> generate on the language pool -> stream deltas out. Both front ends (REST and gRPC) call
+`Pipeline.chat`; neither knows about pools or protobuf of the pools."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from dvd.config import GatewayConfig
+from dvd.errors import InvalidRequest, ModelNotFound
+from dvd.types import Delta, ImagePart, Message, SamplingParams, StageTimings, TextPart, TilingOverrides, VirMode
+from gateway.images import ImageLoader, ImageSource
+from gateway.pools import Encoded, LanguagePool, VisionPool
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    role: str
+    parts: tuple[TextPart | ImageSource, ...]
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: tuple[ChatTurn, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    model: str = ""
+    tiling: TilingOverrides = field(default_factory=TilingOverrides)
+    vir: VirMode | None = None
+    request_id: str = ""
+
+
+class Pipeline:
+    def __init__(self, cfg: GatewayConfig, vision: VisionPool, language: LanguagePool, images: ImageLoader) -> None:
+        self.cfg = cfg
+        self.vision = vision
+        self.language = language
+        self.images = images
+
+    async def chat(self, req: ChatRequest) -> AsyncIterator[Delta]:
+        """Stream the reply; the final delta carries finish_reason, usage, timings, cached_images."""
+        request_id = req.request_id or f"chatcmpl-{uuid.uuid4().hex}"
+        self.check_model(req.model)
+        messages, sources = _split_images(req.messages, self.cfg.max_images_per_request)
+        images = await self.images.load_all(sources)
+        encode_started = time.perf_counter_ns()
+        encoded = await self._encode_all(images, req, request_id)
+        encode_wall_ns = time.perf_counter_ns() - encode_started
+        async for delta in self.language.generate(request_id, messages, [e.ref for e in encoded], req.sampling):
+            if delta.finish_reason is not None:
+                _add_vision_stage(delta, encoded, encode_wall_ns)
+            yield delta
+
+    def check_model(self, model: str) -> None:
+        if model and model != self.cfg.model_name:
+            raise ModelNotFound(f"model {model!r} is not served here; try {self.cfg.model_name!r}")
+
+    async def _encode_all(self, images: list[bytes], req: ChatRequest, request_id: str) -> list[Encoded]:
+        tasks = [self.vision.encode(img, req.tiling, req.vir, None, f"{request_id}/{i}") for i, img in enumerate(images)]
+        return list(await asyncio.gather(*tasks))
+
+
+def _split_images(turns: tuple[ChatTurn, ...], max_images: int) -> tuple[list[Message], list[ImageSource]]:
+    """Replace each image in the conversation by an index into the returned source list."""
+    messages, sources = [], []
+    for turn in turns:
+        parts: list[TextPart | ImagePart] = []
+        for part in turn.parts:
+            if isinstance(part, ImageSource):
+                parts.append(ImagePart(len(sources)))
+                sources.append(part)
+            else:
+                parts.append(part)
+        messages.append(Message(turn.role, tuple(parts)))
+    if len(sources) > max_images:
+        raise InvalidRequest(f"{len(sources)} images in one request; the limit is {max_images}")
+    return messages, sources
+
+
+def _add_vision_stage(delta: Delta, encoded: list[Encoded], encode_wall_ns: int) -> None:
+    """Fold the vision stage into the final delta's timings (images ran concurrently: wall time)."""
+    vision = StageTimings(queue_ns=max((e.timings.queue_ns for e in encoded), default=0))
+    vision.encode_ns = max(encode_wall_ns - vision.queue_ns, 0) if encoded else 0
+    if delta.timings is None:
+        delta.timings = StageTimings()
+    delta.timings.add(vision)
+    delta.cached_images = sum(e.cache_hit for e in encoded)

@@ -1,0 +1,96 @@
+"""OpenAI chat-completions wire models (the subset dvd-serve serves, plus two extensions:
+`vir` and the tiling limits) and their conversion to the pipeline's `ChatRequest`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dvd.errors import InvalidRequest
+from dvd.types import SamplingParams, TextPart, TilingOverrides, VirMode
+from gateway.images import ImageSource
+from gateway.pipeline import ChatRequest, ChatTurn
+
+
+class ImageURL(BaseModel):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class TextContent(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageContent(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+Content = Annotated[TextContent | ImageContent, Field(discriminator="type")]
+
+
+class ChatMessageIn(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[Content] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """POST /v1/chat/completions. Unknown OpenAI fields are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ""
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # dvd-serve extensions
+    vir: Literal["auto", "off", "max"] | None = None
+    min_tiles: int | None = Field(default=None, ge=1, le=40)
+    max_tiles: int | None = Field(default=None, ge=1, le=40)
+
+    def to_chat_request(self, request_id: str) -> ChatRequest:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        sampling = SamplingParams(
+            max_tokens=self.max_completion_tokens or self.max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k or 0, seed=self.seed, stop=stop,
+        )
+        return ChatRequest(
+            messages=tuple(_turn(m) for m in self.messages), sampling=sampling, model=self.model,
+            tiling=TilingOverrides(min_tiles=self.min_tiles, max_tiles=self.max_tiles),
+            vir=VirMode(self.vir) if self.vir else None, request_id=request_id,
+        )
+
+
+def _turn(m: ChatMessageIn) -> ChatTurn:
+    if m.content is None or isinstance(m.content, str):
+        return ChatTurn(m.role, (TextPart(m.content or ""),))
+    parts = []
+    for c in m.content:
+        if isinstance(c, TextContent):
+            parts.append(TextPart(c.text))
+        else:
+            if m.role != "user":
+                raise InvalidRequest("only user messages may contain images")
+            parts.append(ImageSource(url=c.image_url.url))
+    return ChatTurn(m.role, tuple(parts))
+
+
+def error_body(message: str, type_: str, code: int | str | None = None, param: str | None = None) -> dict:
+    """The OpenAI error JSON."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

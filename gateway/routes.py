@@ -1,0 +1,115 @@
+"""REST front end: OpenAI-compatible routes over `Pipeline.chat`. Serving logic lives in the
+pipeline; this module only maps HTTP <-> pipeline objects and errors -> OpenAI error JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from dvd.errors import DvdError, Internal, kind_of
+from dvd.types import Delta, Usage
+from gateway.pipeline import Pipeline
+from gateway.protocol import ChatCompletionRequest, error_body
+
+log = logging.getLogger(__name__)
+
+
+def create_app(pipeline: Pipeline) -> FastAPI:
+    app = FastAPI(title="dvd-serve gateway", version="1")
+    cfg = pipeline.cfg
+
+    @app.exception_handler(DvdError)
+    async def _domain_error(request: Request, exc: DvdError) -> JSONResponse:
+        kind = kind_of(exc)
+        return JSONResponse(error_body(exc.message, kind.openai_type, kind.http_status, exc.param), kind.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        message = f"invalid request: {first.get('msg', 'malformed body')}" + (f" at {param}" if param else "")
+        return JSONResponse(error_body(message, "invalid_request_error", 400, param), 400)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ok = await pipeline.vision.healthy() and await pipeline.language.healthy()
+        return JSONResponse({"status": "ok" if ok else "unavailable"}, 200 if ok else 503)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        card = {"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "dvd-serve", "root": cfg.model_root}
+        return {"object": "list", "data": [card]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest):
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        chat = body.to_chat_request(request_id)
+        pipeline.check_model(chat.model)
+        model = body.model or cfg.model_name
+        deltas = pipeline.chat(chat)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            first = await anext(deltas)  # errors before the first token still get a proper status code
+            return StreamingResponse(_sse(request_id, model, first, deltas, include_usage),
+                                     media_type="text/event-stream")
+        return await _complete(request_id, model, deltas)
+
+    return app
+
+
+async def _complete(request_id: str, model: str, deltas: AsyncIterator[Delta]) -> dict:
+    text, final = [], None
+    async for delta in deltas:
+        text.append(delta.text)
+        final = delta
+    message = {"role": "assistant", "content": "".join(text)}
+    return {
+        "id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": final.finish_reason.value, "logprobs": None}],
+        "usage": _usage(final.usage),
+    }
+
+
+async def _sse(request_id: str, model: str, first: Delta, rest: AsyncIterator[Delta], include_usage: bool):
+    created = int(time.time())
+
+    def chunk(delta: dict, finish: str | None, usage: Usage | None = None, choices: bool = True) -> str:
+        body = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if choices else []}
+        if usage is not None:
+            body["usage"] = _usage(usage)
+        return f"data: {json.dumps(body)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""}, None)
+    delta = first
+    try:
+        while True:
+            finish = delta.finish_reason.value if delta.finish_reason else None
+            if delta.text or finish:
+                yield chunk({"content": delta.text} if delta.text else {}, finish)
+            if finish:
+                if include_usage:
+                    yield chunk({}, None, delta.usage, choices=False)
+                break
+            delta = await anext(rest)
+    except DvdError as exc:  # mid-stream: the status is already sent; report in the stream
+        kind = kind_of(exc)
+        yield f"data: {json.dumps(error_body(exc.message, kind.openai_type, kind.http_status))}\n\n"
+    except Exception as exc:  # noqa: BLE001 - never drop a stream silently
+        log.exception("stream %s failed", request_id)
+        err = Internal(str(exc))
+        yield f"data: {json.dumps(error_body(err.message, kind_of(err).openai_type, 500))}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _usage(u: Usage | None) -> dict:
+    u = u or Usage()
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens + u.completion_tokens}

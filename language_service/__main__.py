@@ -1,0 +1,32 @@
+"""`python -m language_service --model DIR`: one language replica (the LLM decoder)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from dvd.config import LanguageConfig
+from dvd.flags import add_common, device_config, setup_logging
+from language_service.server import serve
+
+
+def parse_config(argv: list[str] | None = None) -> LanguageConfig:
+    p = argparse.ArgumentParser(prog="python -m language_service", description=__doc__)
+    add_common(p, default_port=50052)
+    p.add_argument("--attn-implementation", default="auto", help="auto | sdpa | flash_attention_2 | eager")
+    p.add_argument("--max-model-len", type=int, default=8192)
+    p.add_argument("--default-max-tokens", type=int, default=256)
+    p.add_argument("--max-running-seqs", type=int, default=16)
+    p.add_argument("--max-queue", type=int, default=256)
+    p.add_argument("--fetch-timeout-s", type=float, default=30.0)
+    a = p.parse_args(argv)
+    setup_logging(a.log_level)
+    return LanguageConfig(
+        model=a.model, host=a.host, port=a.port, device=device_config(a), max_model_len=a.max_model_len,
+        default_max_tokens=a.default_max_tokens, max_running_seqs=a.max_running_seqs, max_queue=a.max_queue,
+        fetch_timeout_s=a.fetch_timeout_s, drain_grace_s=a.drain_grace_s,
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(serve(parse_config()))

@@ -1,0 +1,144 @@
+"""The language service's logic, free of protobuf: fetch embeddings, build the prompt,
+run the engine, stream deltas."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, GenerationConfig
+
+from dvd.checkpoint import build_language_model
+from dvd.config import LanguageConfig
+from dvd.devices import describe, resolve_attention, resolve_device, resolve_dtype
+from dvd.errors import InvalidRequest, ModelNotFound, Unavailable
+from dvd.identity import model_identity
+from dvd.store import MemoryStore
+from dvd.types import Delta, EmbeddingRef, Message, SamplingParams
+from language_service.detokenizer import IncrementalDetokenizer
+from language_service.engine.engine import Engine
+from language_service.engine.runner import ModelRunner
+from language_service.engine.scheduler import Scheduler
+from language_service.engine.sequence import Sequence
+from language_service.fetch import EmbeddingFetcher
+from language_service.prompt import PromptBuilder
+
+log = logging.getLogger(__name__)
+
+
+class LanguageCore:
+    """Owns the tokenizer, the engine and the embedding fetcher of one language replica."""
+
+    def __init__(self, cfg: LanguageConfig, checkpoint_dir: Path,
+                 local_stores: dict[str, MemoryStore] | None = None) -> None:
+        self.cfg = cfg
+        self.checkpoint_dir = checkpoint_dir
+        self.model_id = model_identity(checkpoint_dir)
+        self.fetcher = EmbeddingFetcher(cfg.fetch_timeout_s, local_stores)
+        self.engine: Engine | None = None
+
+    def load(self) -> None:
+        """Blocking: read the LLM tensors and tokenizer, warm up, start the engine thread."""
+        device = resolve_device(self.cfg.device)
+        dtype = resolve_dtype(self.cfg.device, device)
+        self.attn_implementation = resolve_attention(self.cfg.device, device)
+        model = build_language_model(str(self.checkpoint_dir), dtype=dtype, device=device,
+                                     attn_implementation=self.attn_implementation)
+        self.model = model
+        self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint_dir)
+        self.prompts = PromptBuilder(self.tokenizer, self.checkpoint_dir)
+        self.hidden_size = int(model.config.hidden_size)
+        self.max_model_len = min(self.cfg.max_model_len, int(model.config.max_position_embeddings))
+        self.device_desc = describe(device, dtype)
+        runner = ModelRunner(model, self.prompts.context_id, device, dtype)
+        scheduler = Scheduler(self.cfg.max_running_seqs, self.cfg.max_queue)
+        self.engine = Engine(runner, scheduler, self._eos_ids(), self.max_model_len)
+        runner.prefill(self._warmup_sequence())
+        self.engine.start()
+        log.info("language model %s loaded on %s (%s)", self.model_id, self.device_desc, self.attn_implementation)
+
+    def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
+
+    async def generate(self, request_id: str, messages: list[Message], refs: list[EmbeddingRef],
+                       sampling: SamplingParams, model_id: str = "") -> AsyncIterator[Delta]:
+        """Stream deltas; the last one carries finish_reason, usage and timings."""
+        self._check(refs, model_id)
+        if not messages:
+            raise InvalidRequest("messages must not be empty")
+        prompt = self.prompts.build(messages, [r.num_tokens for r in refs])
+        room = self.max_model_len - len(prompt.token_ids)
+        if room < 1:
+            raise InvalidRequest(f"prompt is {len(prompt.token_ids)} tokens; this model takes at most "
+                                 f"{self.max_model_len - 1} (fewer images or tiles, or a shorter history)")
+        features, transfer_ns = await self.fetcher.fetch_all(refs, request_id)
+        ordered = [features[i] for i in prompt.image_order]  # each [n_i, hidden]
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        seq = Sequence(
+            request_id=request_id, prompt_ids=prompt.token_ids,
+            image_features=torch.cat(ordered) if ordered else None, sampling=sampling,
+            max_tokens=min(sampling.max_tokens or self.cfg.default_max_tokens, room),
+            detokenizer=IncrementalDetokenizer(self.tokenizer),
+            emit=lambda item: loop.call_soon_threadsafe(queue.put_nowait, item),
+            num_image_tokens=prompt.num_image_tokens, transfer_ns=transfer_ns,
+            generator=torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else random.getrandbits(63)),
+        )
+        self.engine.submit(seq)
+        finished = False
+        try:
+            while not finished:
+                item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                finished = item.finish_reason is not None
+                yield item
+        finally:
+            if not finished:  # the client went away: free the slot at the next step
+                self.engine.abort(request_id)
+
+    def abort(self, request_id: str) -> bool:
+        return self.engine is not None and self.engine.abort(request_id)
+
+    def info(self) -> dict:
+        return dict(model_id=self.model_id, hidden_size=self.hidden_size, max_model_len=self.max_model_len,
+                    attn_implementation=self.attn_implementation, device=self.device_desc,
+                    weight_bytes=self.weight_bytes())
+
+    def weight_bytes(self) -> int:
+        tensors = {t.data_ptr(): t for t in self.model.state_dict().values()}  # tied weights count once
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
+    def tensor_names(self) -> list[str]:
+        """Every parameter and buffer this process holds (tests assert no vision tensor is here)."""
+        return list(self.model.state_dict().keys())
+
+    def _check(self, refs: list[EmbeddingRef], model_id: str) -> None:
+        if self.engine is None:
+            raise Unavailable("language replica is still loading")
+        if model_id and model_id not in (self.model_id, self.model_id.split("@")[0]):
+            raise ModelNotFound(f"this language replica serves {self.model_id!r}, not {model_id!r}")
+        for ref in refs:
+            if ref.model_id != self.model_id:
+                raise InvalidRequest(f"embedding {ref.key!r} was made by {ref.model_id!r}, not {self.model_id!r}")
+            if ref.shape[1] != self.hidden_size:
+                raise InvalidRequest(f"embedding hidden size {ref.shape[1]} != model hidden size {self.hidden_size}")
+
+    def _eos_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id} - {None}
+        try:
+            eos = GenerationConfig.from_pretrained(self.checkpoint_dir).eos_token_id
+        except OSError:
+            eos = None
+        ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        return ids
+
+    def _warmup_sequence(self) -> Sequence:
+        return Sequence(request_id="warmup", prompt_ids=self.tokenizer.encode("warm up"), image_features=None,
+                        sampling=SamplingParams(), max_tokens=1, detokenizer=IncrementalDetokenizer(self.tokenizer),
+                        emit=lambda item: None)

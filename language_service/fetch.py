@@ -1,0 +1,68 @@
+"""Pulls image embeddings by reference: over gRPC from the vision replica that holds them,
+or straight from an in-process store (monolithic mode). Verifies size and checksum."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import torch
+
+from dvd import codec as codecs
+from dvd.errors import DataCorrupted, DeadlineExceeded, DvdError, InvalidRequest, from_grpc_error
+from dvd.grpc_server import channel_options
+from dvd.store import MemoryStore
+from dvd.types import EmbeddingRef
+from protos.v1 import vision_pb2, vision_pb2_grpc
+
+
+class EmbeddingFetcher:
+    def __init__(self, timeout_s: float, local_stores: dict[str, MemoryStore] | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.local_stores = local_stores or {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.bytes_fetched = 0
+
+    async def fetch_all(self, refs: list[EmbeddingRef], request_id: str) -> tuple[list[torch.Tensor], int]:
+        """Fetch every ref concurrently; returns ([num_tokens_i, hidden] tensors, elapsed ns)."""
+        started = time.perf_counter_ns()
+        tensors = await asyncio.gather(*(self.fetch(ref, request_id) for ref in refs))
+        return list(tensors), time.perf_counter_ns() - started
+
+    async def fetch(self, ref: EmbeddingRef, request_id: str = "") -> torch.Tensor:
+        blob = await self._blob(ref, request_id)
+        if len(blob) != ref.num_bytes or codecs.checksum(blob) != ref.checksum:
+            raise DataCorrupted(f"embedding {ref.key!r} failed its size/checksum check")
+        self.bytes_fetched += len(blob)
+        return await asyncio.to_thread(codecs.decode, blob, ref.codec, ref.shape, ref.compression)
+
+    async def _blob(self, ref: EmbeddingRef, request_id: str) -> bytes:
+        if ref.location in self.local_stores:
+            entry = self.local_stores[ref.location].get(ref.key)
+            if entry is None:
+                raise InvalidRequest(f"embedding {ref.key!r} is not in the local store (expired or evicted)")
+            return entry[1]
+        if not ref.location.startswith("grpc://"):
+            raise InvalidRequest(f"unsupported embedding location {ref.location!r}")
+        stub = vision_pb2_grpc.VisionEncoderStub(self._channel(ref.location.removeprefix("grpc://")))
+        request = vision_pb2.FetchEmbeddingRequest(key=ref.key, request_id=request_id)
+        parts: list[bytes] = []
+        try:
+            async for chunk in stub.FetchEmbedding(request, timeout=self.timeout_s):
+                parts.append(chunk.data)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise DeadlineExceeded(f"fetching embedding {ref.key!r} from {ref.location} timed out") from err
+            upstream: DvdError = from_grpc_error(err)
+            raise type(upstream)(f"fetching embedding from {ref.location}: {upstream.message}") from err
+        return b"".join(parts)
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        if target not in self._channels:
+            self._channels[target] = grpc.aio.insecure_channel(target, options=channel_options())
+        return self._channels[target]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(ch.close() for ch in self._channels.values()))
+        self._channels.clear()

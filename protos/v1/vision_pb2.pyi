@@ -1,0 +1,79 @@
+from protos.v1 import common_pb2 as _common_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EncodeRequest(_message.Message):
+    __slots__ = ("request_id", "image", "tiling", "vir", "codec", "model_id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TILING_FIELD_NUMBER: _ClassVar[int]
+    VIR_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    image: bytes
+    tiling: _common_pb2.TilingOptions
+    vir: _common_pb2.VirMode
+    codec: _common_pb2.Codec
+    model_id: str
+    def __init__(self, request_id: _Optional[str] = ..., image: _Optional[bytes] = ..., tiling: _Optional[_Union[_common_pb2.TilingOptions, _Mapping]] = ..., vir: _Optional[_Union[_common_pb2.VirMode, str]] = ..., codec: _Optional[_Union[_common_pb2.Codec, str]] = ..., model_id: _Optional[str] = ...) -> None: ...
+
+class EncodeResponse(_message.Message):
+    __slots__ = ("ref", "timings", "cache_hit", "num_tiles")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    NUM_TILES_FIELD_NUMBER: _ClassVar[int]
+    ref: _common_pb2.EmbeddingRef
+    timings: _common_pb2.StageTimings
+    cache_hit: bool
+    num_tiles: int
+    def __init__(self, ref: _Optional[_Union[_common_pb2.EmbeddingRef, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.StageTimings, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., num_tiles: _Optional[int] = ...) -> None: ...
+
+class FetchEmbeddingRequest(_message.Message):
+    __slots__ = ("key", "request_id")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    request_id: str
+    def __init__(self, key: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class EmbeddingChunk(_message.Message):
+    __slots__ = ("data", "offset", "total_bytes")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    offset: int
+    total_bytes: int
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class VisionInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VisionInfo(_message.Message):
+    __slots__ = ("model_id", "hidden_size", "tile_size", "tokens_per_tile", "codec", "max_batch_tiles", "has_router", "device", "weight_bytes")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TILE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_TILE_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_TILES_FIELD_NUMBER: _ClassVar[int]
+    HAS_ROUTER_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    hidden_size: int
+    tile_size: int
+    tokens_per_tile: int
+    codec: _common_pb2.Codec
+    max_batch_tiles: int
+    has_router: bool
+    device: str
+    weight_bytes: int
+    def __init__(self, model_id: _Optional[str] = ..., hidden_size: _Optional[int] = ..., tile_size: _Optional[int] = ..., tokens_per_tile: _Optional[int] = ..., codec: _Optional[_Union[_common_pb2.Codec, str]] = ..., max_batch_tiles: _Optional[int] = ..., has_router: _Optional[bool] = ..., device: _Optional[str] = ..., weight_bytes: _Optional[int] = ...) -> None: ...

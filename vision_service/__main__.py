@@ -1,0 +1,42 @@
+"""`python -m vision_service --model DIR`: one vision replica (InternViT + projector)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from dvd.config import VisionConfig
+from dvd.flags import add_common, device_config, setup_logging
+from dvd.types import Codec, Compression, VirMode
+from vision_service.server import serve
+
+
+def parse_config(argv: list[str] | None = None) -> VisionConfig:
+    p = argparse.ArgumentParser(prog="python -m vision_service", description=__doc__)
+    add_common(p, default_port=50051)
+    p.add_argument("--advertise", default="", help="host:port that language replicas fetch from")
+    p.add_argument("--codec", choices=[c.value for c in Codec], help="default: the compute dtype")
+    p.add_argument("--compression", choices=[c.value for c in Compression], default="none")
+    p.add_argument("--vir", choices=[m.value for m in VirMode], default="auto")
+    p.add_argument("--min-tiles", type=int, default=1)
+    p.add_argument("--max-tiles", type=int, default=12)
+    p.add_argument("--no-thumbnail", action="store_true")
+    p.add_argument("--max-batch-tiles", type=int, default=32)
+    p.add_argument("--max-batch-wait-ms", type=float, default=5.0)
+    p.add_argument("--max-queue-images", type=int, default=256)
+    p.add_argument("--store-max-mib", type=int, default=2048)
+    p.add_argument("--store-ttl-s", type=float, default=600.0)
+    a = p.parse_args(argv)
+    setup_logging(a.log_level)
+    return VisionConfig(
+        model=a.model, host=a.host, port=a.port, advertise=a.advertise, device=device_config(a),
+        codec=Codec(a.codec) if a.codec else None, compression=Compression(a.compression), vir=VirMode(a.vir),
+        min_tiles=a.min_tiles, max_tiles=a.max_tiles, use_thumbnail=not a.no_thumbnail,
+        max_batch_tiles=a.max_batch_tiles, max_batch_wait_ms=a.max_batch_wait_ms,
+        max_queue_images=a.max_queue_images, store_max_bytes=a.store_max_mib * 1024 * 1024,
+        store_ttl_s=a.store_ttl_s, drain_grace_s=a.drain_grace_s,
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(serve(parse_config()))

@@ -1,0 +1,121 @@
+"""Batches tiles from concurrent Encode calls into bounded ViT batches.
+
+The first waiting image opens a batch; more images join until the batch holds
+`max_batch_tiles` tiles or `max_wait_s` has passed. The model runs in one worker thread
+so the event loop keeps accepting requests while the ViT is busy."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from dvd.errors import ResourceExhausted, Unavailable
+
+
+@dataclass
+class _Job:
+    pixel_values: torch.Tensor  # [T, 3, tile, tile]
+    future: asyncio.Future
+    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    features: torch.Tensor  # [T, tokens_per_tile, hidden] on the CPU
+    queue_ns: int
+    encode_ns: int
+    batch_tiles: int
+
+
+class TileBatcher:
+    """`await submit(pixel_values)` -> BatchResult; call `start()` inside the event loop."""
+
+    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], max_batch_tiles: int,
+                 max_wait_s: float, max_queue: int) -> None:
+        self._encode = encode
+        self.max_batch_tiles = max_batch_tiles
+        self.max_wait_s = max_wait_s
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vit")
+        self._task: asyncio.Task | None = None
+        self.batches_run = 0
+        self.tiles_encoded = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="tile-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(Unavailable("vision replica is shutting down"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    async def submit(self, pixel_values: torch.Tensor) -> BatchResult:
+        job = _Job(pixel_values, asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise ResourceExhausted(f"vision queue is full ({self._queue.maxsize} images waiting)") from None
+        return await job.future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = await self._collect()
+            jobs = [j for j in jobs if not j.future.cancelled()]
+            if not jobs:
+                continue
+            started = time.perf_counter_ns()
+            try:
+                features = await loop.run_in_executor(self._executor, self._encode_all, jobs)
+            except Exception as exc:  # noqa: BLE001 - delivered to every waiting caller
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            self._deliver(jobs, features, started, time.perf_counter_ns() - started)
+
+    async def _collect(self) -> list[_Job]:
+        jobs = [await self._queue.get()]
+        num_tiles = jobs[0].pixel_values.shape[0]
+        deadline = asyncio.get_running_loop().time() + self.max_wait_s
+        while num_tiles < self.max_batch_tiles:
+            timeout = deadline - asyncio.get_running_loop().time()
+            if timeout <= 0 and self._queue.empty():
+                break
+            try:
+                job = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(), timeout)
+            except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                break
+            jobs.append(job)
+            num_tiles += job.pixel_values.shape[0]
+        return jobs
+
+    def _encode_all(self, jobs: list[_Job]) -> torch.Tensor:
+        tiles = torch.cat([j.pixel_values for j in jobs])  # [sum T, 3, tile, tile]
+        chunks = [self._encode(chunk) for chunk in tiles.split(self.max_batch_tiles)]
+        return torch.cat(chunks).cpu()  # [sum T, tokens_per_tile, hidden]
+
+    def _deliver(self, jobs: list[_Job], features: torch.Tensor, started_ns: int, encode_ns: int) -> None:
+        self.batches_run += 1
+        self.tiles_encoded += features.shape[0]
+        offset = 0
+        for job in jobs:
+            n = job.pixel_values.shape[0]
+            if not job.future.done():
+                job.future.set_result(BatchResult(features[offset : offset + n], started_ns - job.enqueued_ns,
+                                                  encode_ns, features.shape[0]))
+            offset += n

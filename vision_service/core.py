@@ -1,0 +1,148 @@
+"""The vision service's logic, free of protobuf: bytes -> tiles -> batched ViT ->
+codec -> store, and serving stored blobs back in chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from dvd import codec as codecs
+from dvd.config import VisionConfig
+from dvd.devices import describe, resolve_device, resolve_dtype
+from dvd.errors import InvalidRequest, ModelNotFound, NotFound, Unavailable
+from dvd.identity import model_identity
+from dvd.store import MemoryStore
+from dvd.types import Codec, EmbeddingRef, StageTimings, TilingOverrides, VirMode
+from vision_service.batcher import TileBatcher
+from vision_service.encoder import TileEncoder
+from vision_service.preprocess import ImageDecodeError, TilingOptions, preprocess
+
+log = logging.getLogger(__name__)
+
+_CODEC_FOR_DTYPE = {"torch.float32": Codec.FP32, "torch.bfloat16": Codec.BF16, "torch.float16": Codec.FP16}
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    ref: EmbeddingRef
+    timings: StageTimings
+    cache_hit: bool
+    num_tiles: int
+
+
+class VisionCore:
+    """Owns the encoder, the batcher and the embedding store of one vision replica."""
+
+    def __init__(self, cfg: VisionConfig, checkpoint_dir: Path, location: str) -> None:
+        self.cfg = cfg
+        self.checkpoint_dir = checkpoint_dir
+        self.location = location  # what EmbeddingRef.location says: where to fetch from
+        self.model_id = model_identity(checkpoint_dir)
+        self.store = MemoryStore(cfg.store_max_bytes, cfg.store_ttl_s)
+        self.encoder: TileEncoder | None = None
+        self.batcher: TileBatcher | None = None
+        self.default_codec: Codec = cfg.codec or Codec.FP32
+
+    def load(self) -> None:
+        """Blocking: read the vision tensors, warm up. Call before `start()`."""
+        device = resolve_device(self.cfg.device)
+        dtype = resolve_dtype(self.cfg.device, device)
+        self.encoder = TileEncoder(str(self.checkpoint_dir), device, dtype)
+        self.encoder.warmup()
+        # Ship features in the compute dtype unless told otherwise: lossless, and what DvD does.
+        self.default_codec = self.cfg.codec or _CODEC_FOR_DTYPE[str(dtype)]
+        log.info("vision model %s loaded on %s", self.model_id, describe(device, dtype))
+
+    def start(self) -> None:
+        if self.encoder is None:
+            raise RuntimeError("load() must run before start()")
+        self.batcher = TileBatcher(self.encoder.encode, self.cfg.max_batch_tiles,
+                                   self.cfg.max_batch_wait_ms / 1000, self.cfg.max_queue_images)
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+
+    async def encode(self, image: bytes, tiling: TilingOverrides, vir: VirMode | None,
+                     codec: Codec | None, model_id: str) -> EncodeResult:
+        if self.batcher is None:
+            raise Unavailable("vision replica is still loading")
+        if model_id and model_id not in (self.model_id, self.model_id.split("@")[0]):
+            raise ModelNotFound(f"this vision replica serves {self.model_id!r}, not {model_id!r}")
+        if not image:
+            raise InvalidRequest("empty image")
+        if len(image) > self.cfg.max_image_bytes:
+            raise InvalidRequest(f"image is {len(image)} bytes; the limit is {self.cfg.max_image_bytes}")
+        options = self._tiling(tiling)
+        vir = self._check_vir(vir or self.cfg.vir)
+        codec = codec or self.default_codec
+        key = self._content_key(image, options, vir, codec)
+        hit = self.store.get(key)
+        if hit is not None:
+            return EncodeResult(hit[0], StageTimings(), True, len(hit[0].tile_tokens))
+        return await self._encode_miss(key, image, options, codec)
+
+    async def _encode_miss(self, key: str, image: bytes, options: TilingOptions, codec: Codec) -> EncodeResult:
+        started = time.perf_counter_ns()
+        try:
+            tiles = await asyncio.to_thread(preprocess, image, options, self.cfg.max_image_pixels)
+        except ImageDecodeError as exc:
+            raise InvalidRequest(f"cannot decode image: {exc}") from exc
+        batch = await self.batcher.submit(tiles.pixel_values)
+        features = batch.features.reshape(-1, batch.features.shape[-1])  # [T*256, hidden]
+        blob = await asyncio.to_thread(codecs.encode, features, codec, self.cfg.compression)
+        ref = EmbeddingRef(
+            key=key, location=self.location, tile_tokens=(self.encoder.tokens_per_tile,) * tiles.num_tiles,
+            codec=codec, shape=(features.shape[0], features.shape[1]), num_bytes=len(blob),
+            checksum=codecs.checksum(blob), model_id=self.model_id, compression=self.cfg.compression,
+        )
+        if not self.store.put(ref, blob):
+            raise InvalidRequest(f"image embeddings ({len(blob)} bytes) exceed the store's capacity")
+        elapsed = time.perf_counter_ns() - started
+        return EncodeResult(ref, StageTimings(queue_ns=batch.queue_ns, encode_ns=elapsed - batch.queue_ns),
+                            False, tiles.num_tiles)
+
+    def chunks(self, key: str) -> Iterator[tuple[int, bytes, int]]:
+        """(offset, bytes, total) pieces of a stored blob, for FetchEmbedding."""
+        entry = self.store.get(key)
+        if entry is None:
+            raise NotFound(f"embedding {key!r} is not in this replica's store (expired or evicted)")
+        blob, step = entry[1], self.cfg.fetch_chunk_bytes
+        for offset in range(0, max(len(blob), 1), step):
+            yield offset, blob[offset : offset + step], len(blob)
+
+    def info(self) -> dict:
+        enc = self.encoder
+        return dict(model_id=self.model_id, hidden_size=enc.hidden_size, tile_size=enc.tile_size,
+                    tokens_per_tile=enc.tokens_per_tile, codec=self.default_codec,
+                    max_batch_tiles=self.cfg.max_batch_tiles, has_router=False,
+                    device=describe(enc.device, enc.dtype), weight_bytes=enc.weight_bytes())
+
+    def _tiling(self, t: TilingOverrides) -> TilingOptions:
+        try:
+            return TilingOptions(
+                min_tiles=t.min_tiles or self.cfg.min_tiles,
+                max_tiles=t.max_tiles or self.cfg.max_tiles,
+                use_thumbnail=self.cfg.use_thumbnail if t.use_thumbnail is None else t.use_thumbnail,
+                tile_size=self.encoder.tile_size,
+            )
+        except ValueError as exc:
+            raise InvalidRequest(f"bad tiling options: {exc}") from exc
+
+    def _check_vir(self, vir: VirMode) -> VirMode:
+        # Checkpoints without the Flash router have one path: every tile keeps all its tokens.
+        if vir is VirMode.MAX:
+            raise InvalidRequest("vir=max needs an InternVL3.5-Flash checkpoint (it has no ViR router)")
+        return VirMode.OFF
+
+    def _content_key(self, image: bytes, options: TilingOptions, vir: VirMode, codec: Codec) -> str:
+        digest = hashlib.blake2b(image, digest_size=16)
+        digest.update(f"|{options.min_tiles}|{options.max_tiles}|{options.use_thumbnail}|{options.tile_size}"
+                      f"|{vir.value}|{codec.value}|{self.cfg.compression.value}|{self.model_id}".encode())
+        return digest.hexdigest()
