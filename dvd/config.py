@@ -53,10 +53,12 @@ class VisionConfig:
     store_max_bytes: int = 2 * 1024**3
     store_ttl_s: float = 600.0
     fetch_chunk_bytes: int = 1024 * 1024
+    redis_url: str = ""  # also write embeddings to this Redis (shared cache); "" = memory only
+    redis_chunk_bytes: int = 8 * 1024 * 1024
     drain_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
-        _positive(max_batch_tiles=self.max_batch_tiles, max_queue_images=self.max_queue_images,
+        _positive(redis_chunk_bytes=self.redis_chunk_bytes, max_batch_tiles=self.max_batch_tiles, max_queue_images=self.max_queue_images,
                   store_max_bytes=self.store_max_bytes, store_ttl_s=self.store_ttl_s,
                   fetch_chunk_bytes=self.fetch_chunk_bytes, max_image_bytes=self.max_image_bytes)
         if not 1 <= self.min_tiles <= self.max_tiles:
@@ -98,6 +100,9 @@ class GatewayConfig:
     image_fetch_timeout_s: float = 10.0
     allow_http_images: bool = True
     request_timeout_s: float = 600.0
+    redis_url: str = ""  # shared embedding cache; "" = route identical images to one replica instead
+    ref_cache_ttl_s: float = 300.0  # keep below the vision store's TTL
+    ref_cache_max_entries: int = 100_000
     drain_grace_s: float = 30.0
 
     def __post_init__(self) -> None:

@@ -75,6 +75,7 @@ def ref_to_pb(ref: EmbeddingRef) -> common_pb2.EmbeddingRef:
         checksum=ref.checksum,
         model_id=ref.model_id,
         compression=COMPRESSION_TO_PB[ref.compression],
+        fallback_location=ref.fallback_location,
     )
 
 
@@ -94,6 +95,7 @@ def ref_from_pb(pb: common_pb2.EmbeddingRef) -> EmbeddingRef:
         checksum=pb.checksum,
         model_id=pb.model_id,
         compression=COMPRESSION_FROM_PB.get(pb.compression, Compression.NONE),
+        fallback_location=pb.fallback_location,
     )
 
 

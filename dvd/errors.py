@@ -60,8 +60,8 @@ class ErrorKind:
 # The one table. Order matters only for `from_grpc_code` (first match wins).
 ERROR_TABLE: dict[type[DvdError], ErrorKind] = {
     InvalidRequest: ErrorKind(grpc.StatusCode.INVALID_ARGUMENT, 400, "invalid_request_error"),
-    ModelNotFound: ErrorKind(grpc.StatusCode.NOT_FOUND, 404, "invalid_request_error"),
     NotFound: ErrorKind(grpc.StatusCode.NOT_FOUND, 404, "not_found_error"),
+    ModelNotFound: ErrorKind(grpc.StatusCode.NOT_FOUND, 404, "invalid_request_error"),
     ResourceExhausted: ErrorKind(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error"),
     Unavailable: ErrorKind(grpc.StatusCode.UNAVAILABLE, 503, "service_unavailable"),
     DataCorrupted: ErrorKind(grpc.StatusCode.DATA_LOSS, 502, "upstream_error"),

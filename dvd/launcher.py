@@ -38,6 +38,7 @@ class StackOptions:
     model_name: str = "internvl"
     device: str = "auto"
     dtype: str = "auto"
+    redis_url: str = ""  # shared embedding cache for the vision pool and the gateway
     vision_args: list[str] = field(default_factory=list)
     language_args: list[str] = field(default_factory=list)
     gateway_args: list[str] = field(default_factory=list)
@@ -78,6 +79,7 @@ class LocalStack:
                             "--model-name", self.opts.model_name, "--model-root", str(self.opts.checkpoint)]
             gateway_args += [a for t in self.vision_targets for a in ("--vision", t)]
             gateway_args += [a for t in self.language_targets for a in ("--language", t)]
+            gateway_args += ["--redis", self.opts.redis_url] if self.opts.redis_url else []
             self._spawn("gateway", "gateway", gateway_args + self.opts.gateway_args, GATEWAY_SERVICE,
                         f"{self.opts.host}:{self.grpc_port}")
             self._wait_ready()
@@ -115,10 +117,11 @@ class LocalStack:
             self._spawn("monolithic", "dvd.monolithic", common + ["--port", str(port)], LANGUAGE_SERVICE, target)
             self.vision_targets, self.language_targets = [target], [target]
             return
+        redis = ["--redis", self.opts.redis_url] if self.opts.redis_url else []
         for i in range(self.opts.vision_replicas):
             port = free_port(self.opts.host)
             self.vision_targets.append(f"{self.opts.host}:{port}")
-            self._spawn(f"vision-{i}", "vision_service", common + ["--port", str(port)] + self.opts.vision_args,
+            self._spawn(f"vision-{i}", "vision_service", common + ["--port", str(port)] + redis + self.opts.vision_args,
                         VISION_SERVICE, self.vision_targets[-1])
         for i in range(self.opts.language_replicas):
             port = free_port(self.opts.host)

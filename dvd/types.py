@@ -54,6 +54,7 @@ class EmbeddingRef:
     checksum: str
     model_id: str
     compression: Compression = Compression.NONE
+    fallback_location: str = ""  # grpc:// replica that also holds the blob, when location is Redis
 
     @property
     def num_tokens(self) -> int:

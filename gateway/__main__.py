@@ -23,6 +23,7 @@ def parse_config(argv: list[str] | None = None) -> GatewayConfig:
     p.add_argument("--max-images-per-request", type=int, default=16)
     p.add_argument("--image-fetch-timeout-s", type=float, default=10.0)
     p.add_argument("--no-http-images", action="store_true", help="accept only inline/data: images")
+    p.add_argument("--redis", default="", help="redis://host:port/db of the shared embedding cache")
     p.add_argument("--drain-grace-s", type=float, default=30.0)
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
@@ -31,7 +32,7 @@ def parse_config(argv: list[str] | None = None) -> GatewayConfig:
         vision_targets=tuple(a.vision), language_targets=tuple(a.language), model_name=a.model_name,
         model_root=a.model_root, host=a.host, port=a.port, grpc_port=a.grpc_port,
         max_image_bytes=int(a.max_image_mib * 1024 * 1024), max_images_per_request=a.max_images_per_request,
-        image_fetch_timeout_s=a.image_fetch_timeout_s, allow_http_images=not a.no_http_images,
+        image_fetch_timeout_s=a.image_fetch_timeout_s, allow_http_images=not a.no_http_images, redis_url=a.redis,
         drain_grace_s=a.drain_grace_s,
     )
 

@@ -5,14 +5,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from dvd.cache_key import content_key
 from dvd.config import GatewayConfig
-from dvd.errors import InvalidRequest, ModelNotFound
+from dvd.errors import InvalidRequest, ModelNotFound, NotFound
 from dvd.types import Delta, ImagePart, Message, SamplingParams, StageTimings, TextPart, TilingOverrides, VirMode
+from gateway.cache import RefCache
 from gateway.images import ImageLoader, ImageSource
 from gateway.pools import Encoded, LanguagePool, VisionPool
 
@@ -34,11 +35,13 @@ class ChatRequest:
 
 
 class Pipeline:
-    def __init__(self, cfg: GatewayConfig, vision: VisionPool, language: LanguagePool, images: ImageLoader) -> None:
+    def __init__(self, cfg: GatewayConfig, vision: VisionPool, language: LanguagePool, images: ImageLoader,
+                 cache: RefCache) -> None:
         self.cfg = cfg
         self.vision = vision
         self.language = language
         self.images = images
+        self.cache = cache
 
     async def chat(self, req: ChatRequest) -> AsyncIterator[Delta]:
         """Stream the reply; the final delta carries finish_reason, usage, timings, cached_images."""
@@ -46,21 +49,47 @@ class Pipeline:
         self.check_model(req.model)
         messages, sources = _split_images(req.messages, self.cfg.max_images_per_request)
         images = await self.images.load_all(sources)
-        encode_started = time.perf_counter_ns()
         encoded = await self._encode_all(images, req, request_id)
-        encode_wall_ns = time.perf_counter_ns() - encode_started
-        async for delta in self.language.generate(request_id, messages, [e.ref for e in encoded], req.sampling):
+        deltas = self.language.generate(request_id, messages, [e.ref for e in encoded], req.sampling)
+        try:
+            first = await anext(deltas)
+        except NotFound:  # a store evicted the embeddings between encode and fetch: encode again, once
+            encoded = await self._encode_all(images, req, request_id, use_cache=False)
+            deltas = self.language.generate(request_id, messages, [e.ref for e in encoded], req.sampling)
+            first = await anext(deltas)
+        async for delta in _prepend(first, deltas):
             if delta.finish_reason is not None:
-                _add_vision_stage(delta, encoded, encode_wall_ns)
+                _add_vision_stage(delta, encoded)
             yield delta
 
     def check_model(self, model: str) -> None:
         if model and model != self.cfg.model_name:
             raise ModelNotFound(f"model {model!r} is not served here; try {self.cfg.model_name!r}")
 
-    async def _encode_all(self, images: list[bytes], req: ChatRequest, request_id: str) -> list[Encoded]:
-        tasks = [self.vision.encode(img, req.tiling, req.vir, None, f"{request_id}/{i}") for i, img in enumerate(images)]
+    async def _encode_all(self, images: list[bytes], req: ChatRequest, request_id: str,
+                          use_cache: bool = True) -> list[Encoded]:
+        namespace = await self.vision.namespace() if images else ""
+        tasks = [self._encode(img, req, f"{request_id}/{i}", namespace, use_cache) for i, img in enumerate(images)]
         return list(await asyncio.gather(*tasks))
+
+    async def _encode(self, image: bytes, req: ChatRequest, request_id: str, namespace: str,
+                      use_cache: bool) -> Encoded:
+        """A cache hit skips the vision pool; a miss goes to the replica that owns the key
+        (without a shared Redis, that replica's memory is the cache)."""
+        key = content_key(image, req.tiling, req.vir, None, namespace)
+        ref = await self.cache.get(key) if use_cache else None
+        if ref is not None:
+            return Encoded(ref, StageTimings(), cache_hit=True)
+        affinity = "" if self.cache.redis is not None else key
+        encoded = await self.vision.encode(image, req.tiling, req.vir, None, request_id, affinity=affinity)
+        self.cache.remember(key, encoded.ref)
+        return encoded
+
+
+async def _prepend(first: Delta, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    yield first
+    async for delta in rest:
+        yield delta
 
 
 def _split_images(turns: tuple[ChatTurn, ...], max_images: int) -> tuple[list[Message], list[ImageSource]]:
@@ -80,10 +109,11 @@ def _split_images(turns: tuple[ChatTurn, ...], max_images: int) -> tuple[list[Me
     return messages, sources
 
 
-def _add_vision_stage(delta: Delta, encoded: list[Encoded], encode_wall_ns: int) -> None:
-    """Fold the vision stage into the final delta's timings (images ran concurrently: wall time)."""
-    vision = StageTimings(queue_ns=max((e.timings.queue_ns for e in encoded), default=0))
-    vision.encode_ns = max(encode_wall_ns - vision.queue_ns, 0) if encoded else 0
+def _add_vision_stage(delta: Delta, encoded: list[Encoded]) -> None:
+    """Fold the vision stage into the final delta's timings. Images are encoded concurrently,
+    so the stage takes as long as its slowest image; cache hits cost the vision pool nothing."""
+    vision = StageTimings(queue_ns=max((e.timings.queue_ns for e in encoded), default=0),
+                          encode_ns=max((e.timings.encode_ns for e in encoded), default=0))
     if delta.timings is None:
         delta.timings = StageTimings()
     delta.timings.add(vision)

@@ -4,6 +4,7 @@ inside this module: callers get `dvd.types` objects."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -44,9 +45,14 @@ class _Pool:
             self.replicas.append(Replica(target, channel, self.stub_class(channel)))
         self._tiebreak = itertools.count()
 
-    def pick(self) -> Replica:
+    def pick(self, affinity: str = "") -> Replica:
+        """Least outstanding calls; with an affinity key, the key's rendezvous-hash owner
+        (identical images land on the replica whose memory already holds them)."""
         if not self.replicas:
             raise Unavailable(f"no {self.service_name} replica is configured")
+        if affinity:
+            return max(self.replicas, key=lambda r: hashlib.blake2b(f"{affinity}|{r.target}".encode(),
+                                                                   digest_size=8).digest())
         low = min(r.outstanding for r in self.replicas)
         candidates = [r for r in self.replicas if r.outstanding == low]
         return candidates[next(self._tiebreak) % len(candidates)]
@@ -72,13 +78,27 @@ class VisionPool(_Pool):
     stub_class = vision_pb2_grpc.VisionEncoderStub
     service_name = vision_pb2.DESCRIPTOR.services_by_name["VisionEncoder"].full_name
 
+    def __init__(self, targets: tuple[str, ...]) -> None:
+        super().__init__(targets)
+        self._namespace = ""
+
+    async def namespace(self) -> str:
+        """The pool's cache namespace (VisionInfo.cache_namespace), asked once."""
+        if not self._namespace:
+            try:
+                info = await self.pick().stub.Info(vision_pb2.VisionInfoRequest(), timeout=10)
+            except grpc.aio.AioRpcError as err:
+                raise from_grpc_error(err) from err
+            self._namespace = info.cache_namespace
+        return self._namespace
+
     async def encode(self, image: bytes, tiling: TilingOverrides, vir: VirMode | None,
-                     codec: Codec | None, request_id: str) -> Encoded:
+                     codec: Codec | None, request_id: str, affinity: str = "") -> Encoded:
         request = vision_pb2.EncodeRequest(
             request_id=request_id, image=image, tiling=convert.tiling_to_pb(tiling),
             vir=convert.VIR_TO_PB[vir] if vir else 0, codec=convert.CODEC_TO_PB[codec] if codec else 0,
         )
-        replica = self.pick()
+        replica = self.pick(affinity)
         replica.outstanding += 1
         try:
             reply = await replica.stub.Encode(request)

@@ -9,6 +9,8 @@ import uvicorn
 
 from dvd.config import GatewayConfig
 from dvd.grpc_server import GrpcService
+from dvd.redis_store import RedisStore
+from gateway.cache import RefCache
 from gateway.grpc_servicer import GatewayServicer
 from gateway.images import ImageLoader
 from gateway.pipeline import Pipeline
@@ -22,8 +24,10 @@ SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 
 def build_pipeline(cfg: GatewayConfig) -> Pipeline:
+    redis = RedisStore(cfg.redis_url, cfg.ref_cache_ttl_s) if cfg.redis_url else None
     return Pipeline(cfg, VisionPool(cfg.vision_targets), LanguagePool(cfg.language_targets),
-                    ImageLoader(cfg.max_image_bytes, cfg.image_fetch_timeout_s, cfg.allow_http_images))
+                    ImageLoader(cfg.max_image_bytes, cfg.image_fetch_timeout_s, cfg.allow_http_images),
+                    RefCache(cfg.ref_cache_ttl_s, cfg.ref_cache_max_entries, redis))
 
 
 async def serve(cfg: GatewayConfig) -> None:
@@ -49,3 +53,5 @@ async def serve(cfg: GatewayConfig) -> None:
         await pipeline.vision.close()
         await pipeline.language.close()
         await pipeline.images.close()
+        if pipeline.cache.redis is not None:
+            await pipeline.cache.redis.close()

@@ -1,20 +1,26 @@
-"""Pulls image embeddings by reference: over gRPC from the vision replica that holds them,
-or straight from an in-process store (monolithic mode). Verifies size and checksum."""
+"""Pulls image embeddings by reference: from Redis, over gRPC from the vision replica that
+holds them, or straight from an in-process store (monolithic mode). A ref in Redis names its
+vision replica as the fallback, so a Redis outage costs a hop, not a request. Verifies size
+and checksum."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import grpc
 import torch
 
 from dvd import codec as codecs
-from dvd.errors import DataCorrupted, DeadlineExceeded, DvdError, InvalidRequest, from_grpc_error
+from dvd.errors import DataCorrupted, DeadlineExceeded, DvdError, InvalidRequest, NotFound, from_grpc_error
 from dvd.grpc_server import channel_options
+from dvd.redis_store import RedisStore, StoreUnavailable
 from dvd.store import MemoryStore
 from dvd.types import EmbeddingRef
 from protos.v1 import vision_pb2, vision_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 
 class EmbeddingFetcher:
@@ -22,7 +28,9 @@ class EmbeddingFetcher:
         self.timeout_s = timeout_s
         self.local_stores = local_stores or {}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._redis: dict[str, RedisStore] = {}
         self.bytes_fetched = 0
+        self.redis_fallbacks = 0
 
     async def fetch_all(self, refs: list[EmbeddingRef], request_id: str) -> tuple[list[torch.Tensor], int]:
         """Fetch every ref concurrently; returns ([num_tokens_i, hidden] tensors, elapsed ns)."""
@@ -38,14 +46,35 @@ class EmbeddingFetcher:
         return await asyncio.to_thread(codecs.decode, blob, ref.codec, ref.shape, ref.compression)
 
     async def _blob(self, ref: EmbeddingRef, request_id: str) -> bytes:
-        if ref.location in self.local_stores:
-            entry = self.local_stores[ref.location].get(ref.key)
+        if ref.location.startswith(("redis://", "rediss://", "unix://")):
+            blob = await self._from_redis(ref)
+            if blob is not None:
+                return blob
+            if not ref.fallback_location:
+                raise NotFound(f"embedding {ref.key!r} is not in {ref.location} and has no fallback")
+            self.redis_fallbacks += 1
+            return await self._from_location(ref.fallback_location, ref, request_id)
+        return await self._from_location(ref.location, ref, request_id)
+
+    async def _from_redis(self, ref: EmbeddingRef) -> bytes | None:
+        store = self._redis.get(ref.location)
+        if store is None:
+            store = self._redis[ref.location] = RedisStore(ref.location, ttl_s=1.0)
+        try:
+            return await store.get_blob(ref.key)
+        except StoreUnavailable as exc:
+            log.warning("redis unreadable, fetching %s from its vision replica: %s", ref.key, exc)
+            return None
+
+    async def _from_location(self, location: str, ref: EmbeddingRef, request_id: str) -> bytes:
+        if location in self.local_stores:
+            entry = self.local_stores[location].get(ref.key)
             if entry is None:
-                raise InvalidRequest(f"embedding {ref.key!r} is not in the local store (expired or evicted)")
+                raise NotFound(f"embedding {ref.key!r} is not in the local store (expired or evicted)")
             return entry[1]
-        if not ref.location.startswith("grpc://"):
-            raise InvalidRequest(f"unsupported embedding location {ref.location!r}")
-        stub = vision_pb2_grpc.VisionEncoderStub(self._channel(ref.location.removeprefix("grpc://")))
+        if not location.startswith("grpc://"):
+            raise InvalidRequest(f"unsupported embedding location {location!r}")
+        stub = vision_pb2_grpc.VisionEncoderStub(self._channel(location.removeprefix("grpc://")))
         request = vision_pb2.FetchEmbeddingRequest(key=ref.key, request_id=request_id)
         parts: list[bytes] = []
         try:
@@ -53,9 +82,9 @@ class EmbeddingFetcher:
                 parts.append(chunk.data)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise DeadlineExceeded(f"fetching embedding {ref.key!r} from {ref.location} timed out") from err
+                raise DeadlineExceeded(f"fetching embedding {ref.key!r} from {location} timed out") from err
             upstream: DvdError = from_grpc_error(err)
-            raise type(upstream)(f"fetching embedding from {ref.location}: {upstream.message}") from err
+            raise type(upstream)(f"fetching embedding from {location}: {upstream.message}") from err
         return b"".join(parts)
 
     def _channel(self, target: str) -> grpc.aio.Channel:
@@ -65,4 +94,6 @@ class EmbeddingFetcher:
 
     async def close(self) -> None:
         await asyncio.gather(*(ch.close() for ch in self._channels.values()))
+        await asyncio.gather(*(r.close() for r in self._redis.values()))
         self._channels.clear()
+        self._redis.clear()

@@ -48,3 +48,12 @@ def png_bytes(width: int, height: int, seed: int | None = None, color: tuple[int
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

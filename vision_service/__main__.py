@@ -26,6 +26,7 @@ def parse_config(argv: list[str] | None = None) -> VisionConfig:
     p.add_argument("--max-queue-images", type=int, default=256)
     p.add_argument("--store-max-mib", type=int, default=2048)
     p.add_argument("--store-ttl-s", type=float, default=600.0)
+    p.add_argument("--redis", default="", help="redis://host:port/db: also publish embeddings there (shared cache)")
     a = p.parse_args(argv)
     setup_logging(a.log_level)
     return VisionConfig(
@@ -34,7 +35,7 @@ def parse_config(argv: list[str] | None = None) -> VisionConfig:
         min_tiles=a.min_tiles, max_tiles=a.max_tiles, use_thumbnail=not a.no_thumbnail,
         max_batch_tiles=a.max_batch_tiles, max_batch_wait_ms=a.max_batch_wait_ms,
         max_queue_images=a.max_queue_images, store_max_bytes=a.store_max_mib * 1024 * 1024,
-        store_ttl_s=a.store_ttl_s, drain_grace_s=a.drain_grace_s,
+        store_ttl_s=a.store_ttl_s, redis_url=a.redis, drain_grace_s=a.drain_grace_s,
     )
 
 

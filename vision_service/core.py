@@ -4,7 +4,7 @@ codec -> store, and serving stored blobs back in chunks."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dvd import codec as codecs
+from dvd.cache_key import cache_namespace, content_key
 from dvd.config import VisionConfig
 from dvd.devices import describe, resolve_device, resolve_dtype
 from dvd.errors import InvalidRequest, ModelNotFound, NotFound, Unavailable
 from dvd.identity import model_identity
+from dvd.redis_store import RedisStore, StoreUnavailable
 from dvd.store import MemoryStore
 from dvd.types import Codec, EmbeddingRef, StageTimings, TilingOverrides, VirMode
 from vision_service.batcher import TileBatcher
@@ -47,6 +49,8 @@ class VisionCore:
         self.encoder: TileEncoder | None = None
         self.batcher: TileBatcher | None = None
         self.default_codec: Codec = cfg.codec or Codec.FP32
+        self.namespace = ""
+        self.redis = RedisStore(cfg.redis_url, cfg.store_ttl_s, cfg.redis_chunk_bytes) if cfg.redis_url else None
 
     def load(self) -> None:
         """Blocking: read the vision tensors, warm up. Call before `start()`."""
@@ -56,6 +60,8 @@ class VisionCore:
         self.encoder.warmup()
         # Ship features in the compute dtype unless told otherwise: lossless, and what DvD does.
         self.default_codec = self.cfg.codec or _CODEC_FOR_DTYPE[str(dtype)]
+        self.namespace = cache_namespace(self.model_id, self.default_codec, self.cfg.compression, self.cfg.min_tiles,
+                                         self.cfg.max_tiles, self.cfg.use_thumbnail, self.cfg.vir)
         log.info("vision model %s loaded on %s", self.model_id, describe(device, dtype))
 
     def start(self) -> None:
@@ -68,6 +74,8 @@ class VisionCore:
     async def stop(self) -> None:
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.redis is not None:
+            await self.redis.close()
 
     async def encode(self, image: bytes, tiling: TilingOverrides, vir: VirMode | None,
                      codec: Codec | None, model_id: str) -> EncodeResult:
@@ -80,15 +88,28 @@ class VisionCore:
         if len(image) > self.cfg.max_image_bytes:
             raise InvalidRequest(f"image is {len(image)} bytes; the limit is {self.cfg.max_image_bytes}")
         options = self._tiling(tiling)
-        vir = self._check_vir(vir or self.cfg.vir)
-        codec = codec or self.default_codec
-        key = self._content_key(image, options, vir, codec)
-        hit = self.store.get(key)
-        if hit is not None:
-            return EncodeResult(hit[0], StageTimings(), True, len(hit[0].tile_tokens))
-        return await self._encode_miss(key, image, options, codec)
+        mode = self._check_vir(vir or self.cfg.vir)
+        key = content_key(image, tiling, vir, codec, self.namespace)
+        cached = await self._lookup(key)
+        if cached is not None:
+            return EncodeResult(cached, StageTimings(), True, len(cached.tile_tokens))
+        return await self._encode_miss(key, image, options, mode, codec or self.default_codec)
 
-    async def _encode_miss(self, key: str, image: bytes, options: TilingOptions, codec: Codec) -> EncodeResult:
+    async def _lookup(self, key: str) -> EmbeddingRef | None:
+        """This replica's memory first, then the shared Redis (another replica may have encoded it)."""
+        entry = self.store.get(key)
+        if entry is not None:
+            return entry[0]
+        if self.redis is None:
+            return None
+        try:
+            return await self.redis.get_ref(key)
+        except StoreUnavailable as exc:
+            log.warning("embedding cache lookup skipped: %s", exc)
+            return None
+
+    async def _encode_miss(self, key: str, image: bytes, options: TilingOptions, vir: VirMode,
+                           codec: Codec) -> EncodeResult:
         started = time.perf_counter_ns()
         try:
             tiles = await asyncio.to_thread(preprocess, image, options, self.cfg.max_image_pixels)
@@ -104,9 +125,22 @@ class VisionCore:
         )
         if not self.store.put(ref, blob):
             raise InvalidRequest(f"image embeddings ({len(blob)} bytes) exceed the store's capacity")
+        ref = await self._share(ref, blob)
         elapsed = time.perf_counter_ns() - started
         return EncodeResult(ref, StageTimings(queue_ns=batch.queue_ns, encode_ns=elapsed - batch.queue_ns),
                             False, tiles.num_tiles)
+
+    async def _share(self, ref: EmbeddingRef, blob: bytes) -> EmbeddingRef:
+        """Also publish to Redis when configured; this replica's memory stays the fallback."""
+        if self.redis is None:
+            return ref
+        shared = dataclasses.replace(ref, location=self.redis.url, fallback_location=self.location)
+        try:
+            await self.redis.put(shared, blob)
+        except StoreUnavailable as exc:
+            log.warning("serving embeddings from memory only: %s", exc)
+            return ref
+        return shared
 
     def chunks(self, key: str) -> Iterator[tuple[int, bytes, int]]:
         """(offset, bytes, total) pieces of a stored blob, for FetchEmbedding."""
@@ -122,7 +156,8 @@ class VisionCore:
         return dict(model_id=self.model_id, hidden_size=enc.hidden_size, tile_size=enc.tile_size,
                     tokens_per_tile=enc.tokens_per_tile, codec=self.default_codec,
                     max_batch_tiles=self.cfg.max_batch_tiles, has_router=False,
-                    device=describe(enc.device, enc.dtype), weight_bytes=enc.weight_bytes())
+                    device=describe(enc.device, enc.dtype), weight_bytes=enc.weight_bytes(),
+                    cache_namespace=self.namespace)
 
     def _tiling(self, t: TilingOverrides) -> TilingOptions:
         try:
@@ -141,8 +176,3 @@ class VisionCore:
             raise InvalidRequest("vir=max needs an InternVL3.5-Flash checkpoint (it has no ViR router)")
         return VirMode.OFF
 
-    def _content_key(self, image: bytes, options: TilingOptions, vir: VirMode, codec: Codec) -> str:
-        digest = hashlib.blake2b(image, digest_size=16)
-        digest.update(f"|{options.min_tiles}|{options.max_tiles}|{options.use_thumbnail}|{options.tile_size}"
-                      f"|{vir.value}|{codec.value}|{self.cfg.compression.value}|{self.model_id}".encode())
-        return digest.hexdigest()

@@ -56,7 +56,7 @@ FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_ABORT: FinishReason
 
 class EmbeddingRef(_message.Message):
-    __slots__ = ("key", "location", "num_tokens", "tile_tokens", "codec", "shape", "num_bytes", "checksum", "model_id", "compression")
+    __slots__ = ("key", "location", "num_tokens", "tile_tokens", "codec", "shape", "num_bytes", "checksum", "model_id", "compression", "fallback_location")
     KEY_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class EmbeddingRef(_message.Message):
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_LOCATION_FIELD_NUMBER: _ClassVar[int]
     key: str
     location: str
     num_tokens: int
@@ -77,7 +78,8 @@ class EmbeddingRef(_message.Message):
     checksum: str
     model_id: str
     compression: Compression
-    def __init__(self, key: _Optional[str] = ..., location: _Optional[str] = ..., num_tokens: _Optional[int] = ..., tile_tokens: _Optional[_Iterable[int]] = ..., codec: _Optional[_Union[Codec, str]] = ..., shape: _Optional[_Iterable[int]] = ..., num_bytes: _Optional[int] = ..., checksum: _Optional[str] = ..., model_id: _Optional[str] = ..., compression: _Optional[_Union[Compression, str]] = ...) -> None: ...
+    fallback_location: str
+    def __init__(self, key: _Optional[str] = ..., location: _Optional[str] = ..., num_tokens: _Optional[int] = ..., tile_tokens: _Optional[_Iterable[int]] = ..., codec: _Optional[_Union[Codec, str]] = ..., shape: _Optional[_Iterable[int]] = ..., num_bytes: _Optional[int] = ..., checksum: _Optional[str] = ..., model_id: _Optional[str] = ..., compression: _Optional[_Union[Compression, str]] = ..., fallback_location: _Optional[str] = ...) -> None: ...
 
 class TilingOptions(_message.Message):
     __slots__ = ("min_tiles", "max_tiles", "use_thumbnail")

@@ -57,7 +57,7 @@ class VisionInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class VisionInfo(_message.Message):
-    __slots__ = ("model_id", "hidden_size", "tile_size", "tokens_per_tile", "codec", "max_batch_tiles", "has_router", "device", "weight_bytes")
+    __slots__ = ("model_id", "hidden_size", "tile_size", "tokens_per_tile", "codec", "max_batch_tiles", "has_router", "device", "weight_bytes", "cache_namespace")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     TILE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class VisionInfo(_message.Message):
     HAS_ROUTER_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     hidden_size: int
     tile_size: int
@@ -76,4 +77,5 @@ class VisionInfo(_message.Message):
     has_router: bool
     device: str
     weight_bytes: int
-    def __init__(self, model_id: _Optional[str] = ..., hidden_size: _Optional[int] = ..., tile_size: _Optional[int] = ..., tokens_per_tile: _Optional[int] = ..., codec: _Optional[_Union[_common_pb2.Codec, str]] = ..., max_batch_tiles: _Optional[int] = ..., has_router: _Optional[bool] = ..., device: _Optional[str] = ..., weight_bytes: _Optional[int] = ...) -> None: ...
+    cache_namespace: str
+    def __init__(self, model_id: _Optional[str] = ..., hidden_size: _Optional[int] = ..., tile_size: _Optional[int] = ..., tokens_per_tile: _Optional[int] = ..., codec: _Optional[_Union[_common_pb2.Codec, str]] = ..., max_batch_tiles: _Optional[int] = ..., has_router: _Optional[bool] = ..., device: _Optional[str] = ..., weight_bytes: _Optional[int] = ..., cache_namespace: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,79 @@
+"""Embedding blobs in Redis, shared by every replica: one hash per content key holding the
+serialised EmbeddingRef and the blob in chunks (so no single value is huge), with a TTL.
+
+Every call has a short timeout: Redis is an accelerator, never a dependency. Callers treat
+`StoreUnavailable` as "fall back to the vision replica's own memory"."""
+
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from dvd import convert
+from dvd.types import EmbeddingRef
+from protos.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+_PREFIX = "dvd:emb:"
+
+
+class StoreUnavailable(Exception):
+    """Redis could not be reached or answered with an error."""
+
+
+class RedisStore:
+    def __init__(self, url: str, ttl_s: float, chunk_bytes: int = 8 * 1024 * 1024, timeout_s: float = 2.0) -> None:
+        self.url = url
+        self.ttl_s = ttl_s
+        self.chunk_bytes = chunk_bytes
+        self._client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self.hits = 0
+        self.misses = 0
+
+    async def put(self, ref: EmbeddingRef, blob: bytes) -> None:
+        """Write the chunks and the ref in one transaction, so readers never see half an entry."""
+        chunks = {str(i).encode(): blob[o : o + self.chunk_bytes]
+                  for i, o in enumerate(range(0, max(len(blob), 1), self.chunk_bytes))}
+        fields = {b"ref": convert.ref_to_pb(ref).SerializeToString(), b"n": str(len(chunks)).encode(), **chunks}
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hset(_PREFIX + ref.key, mapping=fields)
+                pipe.expire(_PREFIX + ref.key, int(max(self.ttl_s, 1)))
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis put failed: {exc}") from exc
+
+    async def get_ref(self, key: str) -> EmbeddingRef | None:
+        try:
+            raw = await self._client.hget(_PREFIX + key, b"ref")
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis get failed: {exc}") from exc
+        if raw is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        pb = common_pb2.EmbeddingRef()
+        pb.ParseFromString(raw)
+        return convert.ref_from_pb(pb)
+
+    async def get_blob(self, key: str) -> bytes | None:
+        try:
+            fields = await self._client.hgetall(_PREFIX + key)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis get failed: {exc}") from exc
+        if not fields:
+            return None
+        count = int(fields[b"n"])
+        return b"".join(fields[str(i).encode()] for i in range(count))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._client.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self._client.aclose()
