@@ -65,7 +65,7 @@ within three to five business days. If you have any questions, please reply to t
 or call our support team. We hope you enjoy your purchase!
 """
 
-_WORDS = (
+_WORD_TEXT = (
     "time year people way day man woman child world life hand part place case week company system "
     "program question work government number night point home water room mother area money story "
     "fact month lot right study book eye job word business issue side kind head house service friend "
@@ -75,14 +75,16 @@ _WORDS = (
     "image photo window table chair tree river mountain road bridge sky cloud sun moon star light "
     "color red green blue yellow black white orange purple brown gray small large big little old new "
     "good great high long young important different early late bright dark warm cold happy simple"
-).split()
+)
 
-_VERBS = (
+_VERB_TEXT = (
     "see look find give tell ask work seem feel try leave call keep begin help show hear play run "
     "move live believe hold bring write sit stand lose pay meet include continue set learn change "
     "lead understand watch follow stop create speak read spend grow open walk win offer remember "
     "love consider appear buy wait serve die send expect build stay fall cut reach describe answer"
-).split()
+)
+_WORDS = _WORD_TEXT.split()
+_VERBS = _VERB_TEXT.split()
 
 
 def _sentences() -> list[str]:
@@ -100,8 +102,13 @@ def _numbers() -> list[str]:
     """Digits, dates, times, prices and arithmetic, in the shapes that prompts contain."""
     lines = []
     for i in range(1, 61):
-        lines.append(f"{i} + {i * 3} = {i * 4}; {i * 12} / 4 = {i * 3}; {i}.{i % 10}5 x 2 = {2 * i}.{(i % 10) * 2 + 1}0")
-        lines.append(f"On 20{i % 30:02d}-{i % 12 + 1:02d}-{i % 28 + 1:02d} at {i % 24:02d}:{(i * 7) % 60:02d} it cost ${i * 3}.{i % 100:02d}.")
+        lines.append(
+            f"{i} + {i * 3} = {i * 4}; {i * 12} / 4 = {i * 3}; {i}.{i % 10}5 x 2 = {2 * i}.{(i % 10) * 2 + 1}0"
+        )
+        lines.append(
+            f"On 20{i % 30:02d}-{i % 12 + 1:02d}-{i % 28 + 1:02d} "
+            f"at {i % 24:02d}:{(i * 7) % 60:02d} it cost ${i * 3}.{i % 100:02d}."
+        )
     return lines
 
 

@@ -1,18 +1,20 @@
 """Which safetensors keys belong to which service, and what they are called once loaded.
 
-HF-native InternVL checkpoints exist with two key layouts:
+HF-native InternVL checkpoints are found with two key layouts:
 
-- transformers >= 5 `save_pretrained` (and what `make_checkpoint` writes):
-  `model.vision_tower.*`, `model.multi_modal_projector.*`, `model.language_model.*`, `lm_head.*`
-- transformers 4.52-4.5x `save_pretrained`, which reversed its in-memory names back to the legacy
-  LLaVA layout on save (OpenGVLab/InternVL3-*-hf were published this way):
-  `vision_tower.*`, `multi_modal_projector.*`, `language_model.model.*`, `language_model.lm_head.*`
+- the in-memory names of transformers >= 4.52 / 5 (`InternVLForConditionalGeneration.state_dict()`),
+  which some tools save as is: `model.vision_tower.*`, `model.multi_modal_projector.*`,
+  `model.language_model.*`, `lm_head.*`
+- the legacy LLaVA-style layout: `vision_tower.*`, `multi_modal_projector.*`,
+  `language_model.model.*`, `language_model.lm_head.*`. `save_pretrained` reverses the in-memory
+  names to this on save: transformers 5.23 does (checked: it is what `make_checkpoint` writes), as
+  did the 4.5x releases the OpenGVLab/InternVL3-*-hf conversions ran on.
 
 A service loads into standalone modules, whose state-dict names are the targets below:
 InternVLVisionModel under `vision_tower.`, InternVLMultiModalProjector under
 `multi_modal_projector.`, and the text config's causal LM (Qwen2ForCausalLM) as `model.*` +
-`lm_head.weight`. Prefixes are tried in table order and the first match wins, so the longer
-`language_model.lm_head.` precedes `language_model.`-style prefixes.
+`lm_head.weight`. Prefixes are tried in table order and the first match wins, so
+`language_model.lm_head.` is tried before `language_model.model.`.
 """
 
 from collections.abc import Callable
@@ -28,12 +30,12 @@ class Part(Enum):
 
 # (checkpoint prefix, part, prefix in the service's state dict)
 KEY_MAP: tuple[tuple[str, Part, str], ...] = (
-    # transformers >= 5 layout
+    # in-memory (transformers >= 4.52) layout
     ("model.vision_tower.", Part.VISION, "vision_tower."),
     ("model.multi_modal_projector.", Part.VISION, "multi_modal_projector."),
     ("model.language_model.", Part.LANGUAGE, "model."),
     ("lm_head.", Part.LANGUAGE, "lm_head."),
-    # transformers 4.5x layout
+    # legacy layout, written by save_pretrained
     ("vision_tower.", Part.VISION, "vision_tower."),
     ("multi_modal_projector.", Part.VISION, "multi_modal_projector."),
     ("language_model.lm_head.", Part.LANGUAGE, "lm_head."),

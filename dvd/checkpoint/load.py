@@ -5,9 +5,9 @@ safetensors shard lazily (memory-mapped) and copies out just the keys a selector
 vision replica never holds the LLM and vice versa, and neither ever materialises the whole model.
 """
 
+import json
 from collections import defaultdict
 from collections.abc import Callable
-import json
 from pathlib import Path
 
 import torch
@@ -16,7 +16,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, InternVLConfig
 
 from .errors import CheckpointError
-from .keys import Part, selector
+from .keys import Part, rename, selector
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -45,7 +45,9 @@ def resolve_checkpoint(path_or_id: str | Path) -> Path:
         # The hub client raises many unrelated types (HTTP, connection, validation, cache, OSError)
         # across versions; callers need one: the cause stays chained.
         offline = " (HF_HUB_OFFLINE is set, so only the local cache was searched)" if is_offline_mode() else ""
-        raise CheckpointError(f"cannot resolve hub checkpoint {text!r}{offline}: {exc}") from exc
+        raise CheckpointError(
+            f"checkpoint {text!r} is not a local directory, and as a hub id it cannot be resolved{offline}: {exc}"
+        ) from exc
 
 
 def load_model_config(ckpt: str | Path) -> InternVLConfig:
@@ -81,6 +83,7 @@ def read_tensors(
 
 def load_vision_state(ckpt: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """ViT and projector tensors, named `vision_tower.*` and `multi_modal_projector.*`."""
+    _check_known_layout(Path(ckpt))
     state = read_tensors(ckpt, selector(Part.VISION), device)
     if not state:
         raise CheckpointError(f"{ckpt}: no vision tensors (vision_tower.* / multi_modal_projector.*) found")
@@ -93,6 +96,7 @@ def load_language_state(ckpt: str | Path, device: str | torch.device = "cpu") ->
     A tied checkpoint stores no lm_head; then `lm_head.weight` is the embedding tensor itself
     (same object, no copy), which is what tying means.
     """
+    _check_known_layout(Path(ckpt))
     state = read_tensors(ckpt, selector(Part.LANGUAGE), device)
     if not state:
         raise CheckpointError(f"{ckpt}: no language tensors (language_model.* / lm_head.*) found")
@@ -104,6 +108,19 @@ def load_language_state(ckpt: str | Path, device: str | torch.device = "cpu") ->
             raise CheckpointError(f"{ckpt}: no lm_head weight and the config does not tie it to the embedding")
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     return state
+
+
+def _check_known_layout(ckpt: Path) -> None:
+    # A key in neither HF-native layout means another format (InternVLChatModel's vision_model.* /
+    # mlp1.*, a Flash model's mlp2.* / gating.*): loading "our" keys from it and dropping the rest
+    # would serve a model that is silently missing parts.
+    unknown = sorted(key for key in _weight_map(ckpt) if rename(key) is None)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise CheckpointError(
+            f"{ckpt}: {len(unknown)} tensors in no HF-native InternVL key layout ({shown}); "
+            "expected InternVLForConditionalGeneration keys"
+        )
 
 
 def _weight_map(ckpt: Path) -> dict[str, str]:

@@ -26,6 +26,8 @@ from .tokenizer import build_tokenizer
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_TILES = 12
+# The special tokens config.json / generation_config.json refer to by id.
+CONFIG_TOKENS = ("<|endoftext|>", "<|im_end|>", "<IMG_CONTEXT>")
 
 
 def preset_names() -> list[str]:
@@ -49,6 +51,7 @@ def make_checkpoint(preset: str, out_dir: str | Path, seed: int = 0, *, max_shar
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         write_checkpoint_files(spec, staging, seed, max_shard_size or spec.max_shard_size)
+        _make_world_readable(staging)
         if out_dir.exists():
             out_dir.rmdir()
         staging.rename(out_dir)
@@ -61,7 +64,7 @@ def make_checkpoint(preset: str, out_dir: str | Path, seed: int = 0, *, max_shar
 def write_checkpoint_files(spec: Preset, out_dir: Path, seed: int, max_shard_size: str | None) -> None:
     """Build the tokenizer, model and processors of `spec` and save them all into `out_dir`."""
     tokenizer = build_tokenizer(spec.bpe_vocab_size)
-    token_ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ("<|endoftext|>", "<|im_end|>", "<IMG_CONTEXT>")}
+    token_ids = {token: tokenizer.convert_tokens_to_ids(token) for token in CONFIG_TOKENS}
     config = internvl_config(spec, vocab_size=embedding_rows(spec, len(tokenizer)), token_ids=token_ids)
 
     # Built directly in the on-disk dtype and without transformers' own init (every parameter is
@@ -75,11 +78,19 @@ def write_checkpoint_files(spec: Preset, out_dir: Path, seed: int, max_shard_siz
         eos_token_id=token_ids["<|im_end|>"],
         pad_token_id=token_ids["<|endoftext|>"],
     )
-    save_kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {"max_shard_size": "1000GB"}
-    model.save_pretrained(out_dir, **save_kwargs)
+    # No shard size means one model.safetensors, whatever transformers' default shard size is.
+    model.save_pretrained(out_dir, max_shard_size=max_shard_size or "1000GB")
     tokenizer.save_pretrained(out_dir)
     image_processor().save_pretrained(out_dir)
     _write_processor_files(out_dir)
+
+
+def _make_world_readable(directory: Path) -> None:
+    # mkdtemp makes the directory 0700 and the safetensors writer leaves shards 0600; a checkpoint
+    # is read by service containers running as other users, as hub snapshots (0644) are.
+    directory.chmod(0o755)
+    for path in directory.iterdir():
+        path.chmod(0o644)
 
 
 def image_processor() -> GotOcr2ImageProcessorPil:

@@ -92,7 +92,11 @@ PRESETS: dict[str, Preset] = {
             name="small",
             vision=VisionShape(hidden_size=192, num_hidden_layers=4, num_attention_heads=4, intermediate_size=768),
             text=TextShape(
-                hidden_size=256, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, intermediate_size=768
+                hidden_size=256,
+                num_hidden_layers=4,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+                intermediate_size=768,
             ),
             bpe_vocab_size=4096,
             dtype="bfloat16",

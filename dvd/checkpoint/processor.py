@@ -24,7 +24,9 @@ class ImageOnlyInternVLProcessor(InternVLProcessor):
         # ProcessorMixin takes its attribute list from this signature, so with no `video_processor`
         # parameter it never looks the (torchvision-only) video processor class up; the None
         # passed positionally below falls off the end of that list.
-        super().__init__(image_processor, tokenizer, None, image_seq_length=image_seq_length, chat_template=chat_template, **kwargs)
+        super().__init__(
+            image_processor, tokenizer, None, image_seq_length=image_seq_length, chat_template=chat_template, **kwargs
+        )
 
 
 def load_processor(ckpt: str | Path) -> ProcessorMixin:

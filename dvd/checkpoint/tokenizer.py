@@ -19,7 +19,8 @@ from .corpus import training_corpus
 # transformers.models.qwen2.tokenization_qwen2.PRETOKENIZE_REGEX, repeated so the training pipeline
 # is visibly the one Qwen2Tokenizer rebuilds at load time; a test checks that they agree.
 QWEN2_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
 # (token, special) in Qwen2.5-VL's order (ids 151643..151664 there), then InternVL's additions
