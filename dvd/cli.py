@@ -88,7 +88,35 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--dtype", default="auto")
     sv.add_argument("--log-dir", default="", help="write each process's log here instead of the terminal")
     sv.set_defaults(func=cmd_serve)
+    add_bench_parsers(sub.add_parser("bench", help="benchmarks that print side-by-side ratios"))
     return parser
+
+
+def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
+    """`dvd bench <what>`: one sub-command per benchmark."""
+    kinds = bench.add_subparsers(dest="bench", required=True)
+    en = kinds.add_parser("engine", help="decode tokens/s of the language engine at several concurrencies")
+    en.add_argument("--preset", default="small", help=f"a preset {PRESETS} or a checkpoint dir")
+    en.add_argument("--checkpoint-root", default="checkpoints", help="where preset checkpoints are written")
+    en.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrencies, the first is the base")
+    en.add_argument("--max-tokens", type=int, default=128, help="tokens generated per request")
+    en.add_argument("--prompt-tokens", type=int, default=64, help="approximate prompt length")
+    en.add_argument("--repeats", type=int, default=3, help="runs per concurrency (median reported)")
+    en.add_argument("--device", default="auto")
+    en.add_argument("--dtype", default="auto")
+    en.set_defaults(func=cmd_bench_engine)
+
+
+def cmd_bench_engine(a: argparse.Namespace) -> int:
+    from dvd.bench.engine import EngineBenchOptions, format_table, run_engine_bench
+
+    checkpoint = ensure_checkpoint(a.preset, Path(a.checkpoint_root))
+    opts = EngineBenchOptions(checkpoint=Path(checkpoint), concurrency=tuple(int(c) for c in a.concurrency.split(",")),
+                              max_tokens=a.max_tokens, prompt_tokens=a.prompt_tokens, repeats=a.repeats,
+                              device=a.device, dtype=a.dtype)
+    rows, device = run_engine_bench(opts)
+    print(format_table(rows, opts, device))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

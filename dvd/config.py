@@ -53,6 +53,7 @@ class VisionConfig:
     store_max_bytes: int = 2 * 1024**3
     store_ttl_s: float = 600.0
     fetch_chunk_bytes: int = 1024 * 1024
+    metrics_port: int = 9090  # Prometheus /metrics over HTTP; 0 picks a free port
     redis_url: str = ""  # also write embeddings to this Redis (shared cache); "" = memory only
     redis_chunk_bytes: int = 8 * 1024 * 1024
     drain_grace_s: float = 30.0
@@ -75,15 +76,24 @@ class LanguageConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     max_model_len: int = 8192  # prompt + completion tokens; capped by the model's positions
     default_max_tokens: int = 256
-    max_running_seqs: int = 16
-    max_queue: int = 256
+    max_running_seqs: int = 16  # sequences decoding (or prefilling) at once
+    max_queue: int = 256  # requests waiting for admission; beyond it: RESOURCE_EXHAUSTED
+    max_kv_tokens: int = 65536  # KV-cache budget in token positions, allocated once at load
+    max_prefill_tokens: int = 2048  # prompt tokens per engine step (and per chunk)
+    metrics_port: int = 9092  # Prometheus /metrics over HTTP; 0 picks a free port
     fetch_timeout_s: float = 30.0
     drain_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
         _positive(max_model_len=self.max_model_len, default_max_tokens=self.default_max_tokens,
                   max_running_seqs=self.max_running_seqs, max_queue=self.max_queue,
+                  max_kv_tokens=self.max_kv_tokens, max_prefill_tokens=self.max_prefill_tokens,
                   fetch_timeout_s=self.fetch_timeout_s)
+        if self.max_kv_tokens < self.max_model_len:
+            raise ValueError(f"max_kv_tokens ({self.max_kv_tokens}) must hold one full-length sequence "
+                             f"(max_model_len {self.max_model_len})")
+        if not 0 <= self.metrics_port < 65536:
+            raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 
 from dvd.config import DeviceConfig
 
@@ -16,9 +18,43 @@ def add_common(parser: argparse.ArgumentParser, default_port: int) -> None:
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
     parser.add_argument("--drain-grace-s", type=float, default=30.0, help="seconds to finish in-flight work on SIGTERM")
     parser.add_argument("--log-level", default="INFO")
+    add_cpus(parser)
+
+
+def add_cpus(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cpus", default="", help="pin the process to these CPUs, e.g. 0 or 0,1 or 0-3 "
+                        "(torch then uses one compute thread per CPU); empty: no pinning")
+
+
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """`0`, `0,2`, `0-3`, `0-1,4` -> sorted CPU ids; empty -> ()."""
+    cpus: set[int] = set()
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        first, sep, last = item.partition("-")
+        cpus.update(range(int(first), int(last) + 1) if sep else (int(first),))
+    if any(cpu < 0 for cpu in cpus):
+        raise ValueError(f"bad --cpus {text!r}")
+    return tuple(sorted(cpus))
+
+
+def pin_cpus(cpus: tuple[int, ...]) -> None:
+    """Pin every thread of this process to `cpus` (threads made later inherit it) and size
+    torch's thread pools to match: one intra-op thread per CPU, one inter-op thread. Call once,
+    at startup, before any compute runs."""
+    if not cpus:
+        return
+    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]:
+        os.sched_setaffinity(int(tid), cpus)
+    torch = sys.modules.get("torch")  # the gateway never imports torch; model services already have
+    if torch is not None:
+        torch.set_num_threads(len(cpus))
+        torch.set_num_interop_threads(1)
 
 
 def device_config(args: argparse.Namespace) -> DeviceConfig:
+    """The device flags as a DeviceConfig. Every model service calls this once, at startup in its
+    main thread, before it loads anything, so this is also where `--cpus` takes effect."""
+    pin_cpus(parse_cpus(getattr(args, "cpus", "")))
     return DeviceConfig(device=args.device, dtype=args.dtype, attn_implementation=getattr(args, "attn_implementation", "auto"))
 
 

@@ -52,6 +52,7 @@ class _Proc:
     popen: subprocess.Popen
     target: str
     service: str
+    metrics_url: str = ""  # Prometheus endpoint of the process
 
 
 class LocalStack:
@@ -70,6 +71,9 @@ class LocalStack:
     @property
     def grpc_target(self) -> str:
         return f"{self.opts.host}:{self.grpc_port}"
+
+    def proc(self, name: str) -> _Proc:
+        return next(p for p in self.procs if p.name == name)
 
     def start(self) -> LocalStack:
         try:
@@ -114,19 +118,24 @@ class LocalStack:
         if self.opts.monolithic:
             port = free_port(self.opts.host)
             target = f"{self.opts.host}:{port}"
-            self._spawn("monolithic", "dvd.monolithic", common + ["--port", str(port)], LANGUAGE_SERVICE, target)
+            metrics = ["--metrics-port", str(free_port(self.opts.host))]
+            self._spawn("monolithic", "dvd.monolithic", common + ["--port", str(port)] + metrics, LANGUAGE_SERVICE, target)
             self.vision_targets, self.language_targets = [target], [target]
             return
         redis = ["--redis", self.opts.redis_url] if self.opts.redis_url else []
         for i in range(self.opts.vision_replicas):
             port = free_port(self.opts.host)
             self.vision_targets.append(f"{self.opts.host}:{port}")
-            self._spawn(f"vision-{i}", "vision_service", common + ["--port", str(port)] + redis + self.opts.vision_args,
+            metrics = ["--metrics-port", str(free_port(self.opts.host))]
+            self._spawn(f"vision-{i}", "vision_service",
+                        common + ["--port", str(port)] + metrics + redis + self.opts.vision_args,
                         VISION_SERVICE, self.vision_targets[-1])
         for i in range(self.opts.language_replicas):
             port = free_port(self.opts.host)
             self.language_targets.append(f"{self.opts.host}:{port}")
-            self._spawn(f"language-{i}", "language_service", common + ["--port", str(port)] + self.opts.language_args,
+            metrics = ["--metrics-port", str(free_port(self.opts.host))]  # replicas share a host: no fixed port
+            self._spawn(f"language-{i}", "language_service",
+                        common + ["--port", str(port)] + metrics + self.opts.language_args,
                         LANGUAGE_SERVICE, self.language_targets[-1])
 
     def _spawn(self, name: str, module: str, args: list[str], service: str, target: str) -> None:
@@ -135,7 +144,12 @@ class LocalStack:
             self.opts.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.opts.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         popen = subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT if out else None)
-        self.procs.append(_Proc(name, popen, target, service))
+        metrics_url = ""
+        if "--metrics-port" in args:
+            metrics_url = f"http://{self.opts.host}:{args[args.index('--metrics-port') + 1]}/metrics"
+        elif module == "gateway":
+            metrics_url = f"http://{self.opts.host}:{self.rest_port}/metrics"
+        self.procs.append(_Proc(name, popen, target, service, metrics_url))
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.opts.ready_timeout_s

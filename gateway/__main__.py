@@ -6,7 +6,7 @@ import argparse
 import asyncio
 
 from dvd.config import GatewayConfig
-from dvd.flags import setup_logging
+from dvd.flags import add_cpus, parse_cpus, pin_cpus, setup_logging
 from gateway.server import serve
 
 
@@ -26,8 +26,10 @@ def parse_config(argv: list[str] | None = None) -> GatewayConfig:
     p.add_argument("--redis", default="", help="redis://host:port/db of the shared embedding cache")
     p.add_argument("--drain-grace-s", type=float, default=30.0)
     p.add_argument("--log-level", default="INFO")
+    add_cpus(p)
     a = p.parse_args(argv)
     setup_logging(a.log_level)
+    pin_cpus(parse_cpus(a.cpus))  # at startup, before the servers start their threads
     return GatewayConfig(
         vision_targets=tuple(a.vision), language_targets=tuple(a.language), model_name=a.model_name,
         model_root=a.model_root, host=a.host, port=a.port, grpc_port=a.grpc_port,

@@ -15,6 +15,7 @@ from dvd.errors import InvalidRequest, ModelNotFound, NotFound
 from dvd.types import Delta, ImagePart, Message, SamplingParams, StageTimings, TextPart, TilingOverrides, VirMode
 from gateway.cache import RefCache
 from gateway.images import ImageLoader, ImageSource
+from gateway.metrics import GatewayMetrics
 from gateway.pools import Encoded, LanguagePool, VisionPool
 
 
@@ -36,20 +37,25 @@ class ChatRequest:
 
 class Pipeline:
     def __init__(self, cfg: GatewayConfig, vision: VisionPool, language: LanguagePool, images: ImageLoader,
-                 cache: RefCache) -> None:
+                 cache: RefCache, metrics: GatewayMetrics) -> None:
         self.cfg = cfg
         self.vision = vision
         self.language = language
         self.images = images
         self.cache = cache
+        self.metrics = metrics
 
-    async def chat(self, req: ChatRequest) -> AsyncIterator[Delta]:
+    def chat(self, req: ChatRequest) -> AsyncIterator[Delta]:
         """Stream the reply; the final delta carries finish_reason, usage, timings, cached_images."""
+        return self.metrics.track(self._chat(req))
+
+    async def _chat(self, req: ChatRequest) -> AsyncIterator[Delta]:
         request_id = req.request_id or f"chatcmpl-{uuid.uuid4().hex}"
         self.check_model(req.model)
         messages, sources = _split_images(req.messages, self.cfg.max_images_per_request)
         images = await self.images.load_all(sources)
         encoded = await self._encode_all(images, req, request_id)
+        self.metrics.record_images(sum(e.cache_hit for e in encoded), sum(not e.cache_hit for e in encoded))
         deltas = self.language.generate(request_id, messages, [e.ref for e in encoded], req.sampling)
         try:
             first = await anext(deltas)

@@ -1,30 +1,35 @@
-"""Clients for the vision and language pools. Each call goes to the replica with the fewest
-outstanding calls (round-robin among ties), one HTTP/2 channel per replica. Protobuf stays
-inside this module: callers get `dvd.types` objects."""
+"""Clients for the vision and language pools. Protobuf stays inside this module: callers get
+`dvd.types` objects. Each pool follows its discovery specs (static list, DNS, or Kubernetes
+EndpointSlices), checks replica health every few seconds, and retries a failed call on
+another replica where that is safe: Encode always (it is idempotent: content-keyed), Generate
+only before its first token."""
 
 from __future__ import annotations
 
-import hashlib
-import itertools
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dvd import convert
-from dvd.errors import Unavailable, from_grpc_error
-from dvd.grpc_server import channel_options
+from dvd.errors import from_grpc_error
 from dvd.types import Codec, Delta, EmbeddingRef, Message, SamplingParams, StageTimings, TilingOverrides, VirMode
+from gateway.discovery import from_spec
+from gateway.replicas import Replica, ReplicaSet
 from protos.v1 import language_pb2, language_pb2_grpc, vision_pb2, vision_pb2_grpc
 
+log = logging.getLogger(__name__)
 
-@dataclass
-class Replica:
-    target: str
-    channel: grpc.aio.Channel
-    stub: object
-    outstanding: int = 0
+# Failures that say "this replica, now" rather than "this request": try another replica.
+RETRY_ELSEWHERE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED,
+                   grpc.StatusCode.UNKNOWN}
+# Of those, the ones that say the replica itself is unwell: eject it for a while.
+EJECT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN}
+MAX_ATTEMPTS = 3
+HEALTH_PERIOD_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -34,61 +39,71 @@ class Encoded:
     cache_hit: bool
 
 
+def _spec(text: str) -> str:
+    """A bare HOST:PORT is a static target; anything else is a discovery spec."""
+    return text if text.split(":", 1)[0] in ("static", "dns", "k8s") else f"static:{text}"
+
+
 class _Pool:
     stub_class: type
     service_name: str
 
-    def __init__(self, targets: tuple[str, ...]) -> None:
-        self.replicas = []
-        for target in targets:
-            channel = grpc.aio.insecure_channel(target, options=channel_options())
-            self.replicas.append(Replica(target, channel, self.stub_class(channel)))
-        self._tiebreak = itertools.count()
+    def __init__(self, specs: tuple[str, ...], call_timeout_s: float = 600.0) -> None:
+        self.specs = tuple(_spec(s) for s in specs)
+        self.call_timeout_s = call_timeout_s
+        self.replicas = ReplicaSet(self.service_name, self.stub_class)
+        self._found: dict[str, frozenset[str]] = {}
+        self._tasks: list[asyncio.Task] = []
 
-    def pick(self, affinity: str = "") -> Replica:
-        """Least outstanding calls; with an affinity key, the key's rendezvous-hash owner
-        (identical images land on the replica whose memory already holds them)."""
-        if not self.replicas:
-            raise Unavailable(f"no {self.service_name} replica is configured")
-        if affinity:
-            return max(self.replicas, key=lambda r: hashlib.blake2b(f"{affinity}|{r.target}".encode(),
-                                                                   digest_size=8).digest())
-        low = min(r.outstanding for r in self.replicas)
-        candidates = [r for r in self.replicas if r.outstanding == low]
-        return candidates[next(self._tiebreak) % len(candidates)]
+    async def start(self) -> None:
+        """Start discovery and health checks; returns once every spec has produced a first set."""
+        for spec in self.specs:
+            self._tasks.append(asyncio.create_task(from_spec(spec).run(lambda t, s=spec: self._on_change(s, t))))
+        self._tasks.append(asyncio.create_task(self._health_loop()))
+        for _ in range(100):
+            if len(self._found) == len(self.specs):
+                return
+            await asyncio.sleep(0.05)
+        log.warning("%s: discovery has not answered yet for %s", self.service_name, self.specs)
 
-    async def healthy(self, timeout_s: float = 2.0) -> bool:
-        """True when at least one replica reports its service SERVING."""
-        for replica in self.replicas:
-            try:
-                reply = await health_pb2_grpc.HealthStub(replica.channel).Check(
-                    health_pb2.HealthCheckRequest(service=self.service_name), timeout=timeout_s)
-            except grpc.aio.AioRpcError:
-                continue
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return True
-        return False
+    def _on_change(self, spec: str, targets: frozenset[str]) -> None:
+        self._found[spec] = targets
+        self.replicas.set_targets(frozenset().union(*self._found.values()))
+
+    async def _health_loop(self) -> None:
+        while True:
+            await self.replicas.check_health()
+            await asyncio.sleep(HEALTH_PERIOD_S)
+
+    async def healthy(self) -> bool:
+        await self.replicas.check_health()
+        return self.replicas.healthy_count() > 0
 
     async def close(self) -> None:
-        for replica in self.replicas:
-            await replica.channel.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.replicas.close()
+
+    def _failed(self, replica: Replica, err: grpc.aio.AioRpcError) -> None:
+        if err.code() in EJECT:
+            self.replicas.failed(replica, err.code().name)
 
 
 class VisionPool(_Pool):
     stub_class = vision_pb2_grpc.VisionEncoderStub
     service_name = vision_pb2.DESCRIPTOR.services_by_name["VisionEncoder"].full_name
 
-    def __init__(self, targets: tuple[str, ...]) -> None:
-        super().__init__(targets)
+    def __init__(self, specs: tuple[str, ...], call_timeout_s: float = 600.0) -> None:
+        super().__init__(specs, call_timeout_s)
         self._namespace = ""
 
     async def namespace(self) -> str:
         """The pool's cache namespace (VisionInfo.cache_namespace), asked once."""
         if not self._namespace:
-            try:
-                info = await self.pick().stub.Info(vision_pb2.VisionInfoRequest(), timeout=10)
-            except grpc.aio.AioRpcError as err:
-                raise from_grpc_error(err) from err
+            info = await self._call(lambda stub: stub.Info(vision_pb2.VisionInfoRequest(), timeout=10))
             self._namespace = info.cache_namespace
         return self._namespace
 
@@ -98,15 +113,29 @@ class VisionPool(_Pool):
             request_id=request_id, image=image, tiling=convert.tiling_to_pb(tiling),
             vir=convert.VIR_TO_PB[vir] if vir else 0, codec=convert.CODEC_TO_PB[codec] if codec else 0,
         )
-        replica = self.pick(affinity)
-        replica.outstanding += 1
-        try:
-            reply = await replica.stub.Encode(request)
-        except grpc.aio.AioRpcError as err:
-            raise from_grpc_error(err) from err
-        finally:
-            replica.outstanding -= 1
+        reply = await self._call(lambda stub: stub.Encode(request, timeout=self.call_timeout_s), affinity)
         return Encoded(convert.ref_from_pb(reply.ref), convert.timings_from_pb(reply.timings), reply.cache_hit)
+
+    async def _call(self, send, affinity: str = ""):
+        """A unary call with retries on other replicas (Encode and Info are idempotent)."""
+        tried: set[str] = set()
+        while True:
+            replica = self.replicas.pick(affinity, exclude=frozenset(tried))
+            tried.add(replica.target)
+            replica.outstanding += 1
+            replica.calls += 1
+            try:
+                reply = await send(replica.stub)
+            except grpc.aio.AioRpcError as err:
+                self._failed(replica, err)
+                if err.code() not in RETRY_ELSEWHERE or len(tried) >= min(MAX_ATTEMPTS, len(self.replicas.replicas)):
+                    raise from_grpc_error(err) from err
+                log.warning("vision call to %s failed (%s); retrying elsewhere", replica.target, err.code().name)
+                continue
+            finally:
+                replica.outstanding -= 1
+            self.replicas.succeeded(replica)
+            return reply
 
 
 class LanguagePool(_Pool):
@@ -119,14 +148,43 @@ class LanguagePool(_Pool):
             request_id=request_id, messages=convert.messages_to_pb(messages),
             images=[convert.ref_to_pb(r) for r in refs], sampling=convert.sampling_to_pb(sampling),
         )
-        replica = self.pick()
+        tried: set[str] = set()
+        while True:
+            replica = self.replicas.pick(exclude=frozenset(tried))
+            tried.add(replica.target)
+            started = False
+            try:
+                async with contextlib.aclosing(self._stream(replica, request)) as stream:
+                    async for delta in stream:
+                        started = True
+                        yield delta
+                return
+            except _StreamFailed as failure:
+                err = failure.err
+                self._failed(replica, err)
+                retry = not started and err.code() in RETRY_ELSEWHERE
+                if not retry or len(tried) >= min(MAX_ATTEMPTS, len(self.replicas.replicas)):
+                    raise from_grpc_error(err) from err
+                log.warning("generate on %s failed before its first token (%s); retrying elsewhere",
+                            replica.target, err.code().name)
+
+    async def _stream(self, replica: Replica, request) -> AsyncIterator[Delta]:
         replica.outstanding += 1
-        call = replica.stub.Generate(request)
+        replica.calls += 1
+        call = replica.stub.Generate(request, timeout=self.call_timeout_s)
         try:
             async for reply in call:
                 yield convert.delta_from_pb(reply)
+            self.replicas.succeeded(replica)
         except grpc.aio.AioRpcError as err:
-            raise from_grpc_error(err) from err
+            raise _StreamFailed(err) from err
         finally:
             replica.outstanding -= 1
             call.cancel()  # no-op when finished; aborts the generation when our caller went away
+
+
+class _StreamFailed(Exception):
+    def __init__(self, err: grpc.aio.AioRpcError) -> None:
+        super().__init__(err.details())
+        self.err = err
+

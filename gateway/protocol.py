@@ -1,5 +1,5 @@
-"""OpenAI chat-completions wire models (the subset dvd-serve serves, plus two extensions:
-`vir` and the tiling limits) and their conversion to the pipeline's `ChatRequest`."""
+"""OpenAI chat-completions wire models (the subset dvd-serve serves, plus extensions:
+`vir`, the tiling limits and `ignore_eos`) and their conversion to the pipeline's `ChatRequest`."""
 
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ class ChatCompletionRequest(BaseModel):
     vir: Literal["auto", "off", "max"] | None = None
     min_tiles: int | None = Field(default=None, ge=1, le=40)
     max_tiles: int | None = Field(default=None, ge=1, le=40)
+    ignore_eos: bool = False  # as in vLLM: keep generating past EOS (benchmarks with fixed output lengths)
 
     def to_chat_request(self, request_id: str) -> ChatRequest:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -68,7 +69,7 @@ class ChatCompletionRequest(BaseModel):
             max_tokens=self.max_completion_tokens or self.max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=self.top_k or 0, seed=self.seed, stop=stop,
+            top_k=self.top_k or 0, seed=self.seed, stop=stop, ignore_eos=self.ignore_eos,
         )
         return ChatRequest(
             messages=tuple(_turn(m) for m in self.messages), sampling=sampling, model=self.model,

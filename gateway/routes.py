@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dvd.errors import DvdError, Internal, kind_of
-from dvd.types import Delta, Usage
+from dvd.types import Delta, StageTimings, Usage
 from gateway.pipeline import Pipeline
 from gateway.protocol import ChatCompletionRequest, error_body
 
@@ -41,6 +42,10 @@ def create_app(pipeline: Pipeline) -> FastAPI:
     async def health() -> JSONResponse:
         ok = await pipeline.vision.healthy() and await pipeline.language.healthy()
         return JSONResponse({"status": "ok" if ok else "unavailable"}, 200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(pipeline.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -73,18 +78,21 @@ async def _complete(request_id: str, model: str, deltas: AsyncIterator[Delta]) -
     return {
         "id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": final.finish_reason.value, "logprobs": None}],
-        "usage": _usage(final.usage),
+        "usage": _usage(final.usage), "dvd": _dvd_extension(final),
     }
 
 
 async def _sse(request_id: str, model: str, first: Delta, rest: AsyncIterator[Delta], include_usage: bool):
     created = int(time.time())
 
-    def chunk(delta: dict, finish: str | None, usage: Usage | None = None, choices: bool = True) -> str:
+    def chunk(delta: dict, finish: str | None, usage: Usage | None = None, choices: bool = True,
+              extension: dict | None = None) -> str:
         body = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if choices else []}
         if usage is not None:
             body["usage"] = _usage(usage)
+        if extension is not None:
+            body["dvd"] = extension
         return f"data: {json.dumps(body)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""}, None)
@@ -93,7 +101,8 @@ async def _sse(request_id: str, model: str, first: Delta, rest: AsyncIterator[De
         while True:
             finish = delta.finish_reason.value if delta.finish_reason else None
             if delta.text or finish:
-                yield chunk({"content": delta.text} if delta.text else {}, finish)
+                yield chunk({"content": delta.text} if delta.text else {}, finish,
+                            extension=_dvd_extension(delta) if finish else None)
             if finish:
                 if include_usage:
                     yield chunk({}, None, delta.usage, choices=False)
@@ -107,6 +116,15 @@ async def _sse(request_id: str, model: str, first: Delta, rest: AsyncIterator[De
         err = Internal(str(exc))
         yield f"data: {json.dumps(error_body(err.message, kind_of(err).openai_type, 500))}\n\n"
     yield "data: [DONE]\n\n"
+
+
+def _dvd_extension(final: Delta) -> dict:
+    """dvd-serve's addition to the final chunk (OpenAI clients ignore unknown fields): the
+    server-side stage timings and the cache hits, as the gRPC API's final ChatResponse has them."""
+    t = final.timings or StageTimings()
+    timings = {"queue_ns": t.queue_ns, "encode_ns": t.encode_ns, "transfer_ns": t.transfer_ns,
+               "prefill_ns": t.prefill_ns, "decode_ns": t.decode_ns}
+    return {"timings": timings, "cached_images": final.cached_images}
 
 
 def _usage(u: Usage | None) -> dict:

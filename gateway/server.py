@@ -9,10 +9,12 @@ import uvicorn
 
 from dvd.config import GatewayConfig
 from dvd.grpc_server import GrpcService
+from dvd.metrics import new_registry
 from dvd.redis_store import RedisStore
 from gateway.cache import RefCache
 from gateway.grpc_servicer import GatewayServicer
 from gateway.images import ImageLoader
+from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Pipeline
 from gateway.pools import LanguagePool, VisionPool
 from gateway.routes import create_app
@@ -25,13 +27,16 @@ SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 def build_pipeline(cfg: GatewayConfig) -> Pipeline:
     redis = RedisStore(cfg.redis_url, cfg.ref_cache_ttl_s) if cfg.redis_url else None
-    return Pipeline(cfg, VisionPool(cfg.vision_targets), LanguagePool(cfg.language_targets),
+    return Pipeline(cfg, VisionPool(cfg.vision_targets, cfg.request_timeout_s),
+                    LanguagePool(cfg.language_targets, cfg.request_timeout_s),
                     ImageLoader(cfg.max_image_bytes, cfg.image_fetch_timeout_s, cfg.allow_http_images),
-                    RefCache(cfg.ref_cache_ttl_s, cfg.ref_cache_max_entries, redis))
+                    RefCache(cfg.ref_cache_ttl_s, cfg.ref_cache_max_entries, redis), GatewayMetrics(new_registry()))
 
 
 async def serve(cfg: GatewayConfig) -> None:
     pipeline = build_pipeline(cfg)
+    await pipeline.vision.start()
+    await pipeline.language.start()
     grpc_service = GrpcService([SERVICE_NAME])
     grpc_port = grpc_service.bind(cfg.host, cfg.grpc_port)
     gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(pipeline), grpc_service.server)

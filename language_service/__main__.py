@@ -16,14 +16,18 @@ def parse_config(argv: list[str] | None = None) -> LanguageConfig:
     p.add_argument("--attn-implementation", default="auto", help="auto | sdpa | flash_attention_2 | eager")
     p.add_argument("--max-model-len", type=int, default=8192)
     p.add_argument("--default-max-tokens", type=int, default=256)
-    p.add_argument("--max-running-seqs", type=int, default=16)
-    p.add_argument("--max-queue", type=int, default=256)
+    p.add_argument("--max-running-seqs", type=int, default=16, help="sequences decoding at once")
+    p.add_argument("--max-queue", type=int, default=256, help="waiting requests; beyond it: RESOURCE_EXHAUSTED")
+    p.add_argument("--max-kv-tokens", type=int, default=65536, help="KV-cache budget in tokens (allocated at load)")
+    p.add_argument("--max-prefill-tokens", type=int, default=2048, help="prompt tokens per step (chunked prefill)")
+    p.add_argument("--metrics-port", type=int, default=9092, help="Prometheus /metrics port (0: pick a free one)")
     p.add_argument("--fetch-timeout-s", type=float, default=30.0)
     a = p.parse_args(argv)
     setup_logging(a.log_level)
     return LanguageConfig(
         model=a.model, host=a.host, port=a.port, device=device_config(a), max_model_len=a.max_model_len,
         default_max_tokens=a.default_max_tokens, max_running_seqs=a.max_running_seqs, max_queue=a.max_queue,
+        max_kv_tokens=a.max_kv_tokens, max_prefill_tokens=a.max_prefill_tokens, metrics_port=a.metrics_port,
         fetch_timeout_s=a.fetch_timeout_s, drain_grace_s=a.drain_grace_s,
     )
 

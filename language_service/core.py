@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import torch
+from prometheus_client import CollectorRegistry
 from transformers import AutoTokenizer, GenerationConfig
 
 from dvd.checkpoint import build_language_model
@@ -21,6 +22,7 @@ from dvd.store import MemoryStore
 from dvd.types import Delta, EmbeddingRef, Message, SamplingParams
 from language_service.detokenizer import IncrementalDetokenizer
 from language_service.engine.engine import Engine
+from language_service.engine.metrics import EngineMetrics
 from language_service.engine.runner import ModelRunner
 from language_service.engine.scheduler import Scheduler
 from language_service.engine.sequence import Sequence
@@ -34,11 +36,13 @@ class LanguageCore:
     """Owns the tokenizer, the engine and the embedding fetcher of one language replica."""
 
     def __init__(self, cfg: LanguageConfig, checkpoint_dir: Path,
-                 local_stores: dict[str, MemoryStore] | None = None) -> None:
+                 local_stores: dict[str, MemoryStore] | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
         self.cfg = cfg
         self.checkpoint_dir = checkpoint_dir
         self.model_id = model_identity(checkpoint_dir)
         self.fetcher = EmbeddingFetcher(cfg.fetch_timeout_s, local_stores)
+        self.metrics = EngineMetrics(registry or CollectorRegistry())
         self.engine: Engine | None = None
 
     def load(self) -> None:
@@ -54,12 +58,18 @@ class LanguageCore:
         self.hidden_size = int(model.config.hidden_size)
         self.max_model_len = min(self.cfg.max_model_len, int(model.config.max_position_embeddings))
         self.device_desc = describe(device, dtype)
-        runner = ModelRunner(model, self.prompts.context_id, device, dtype)
-        scheduler = Scheduler(self.cfg.max_running_seqs, self.cfg.max_queue)
-        self.engine = Engine(runner, scheduler, self._eos_ids(), self.max_model_len)
-        runner.prefill(self._warmup_sequence())
+        runner = ModelRunner(model, self.prompts.context_id, self.cfg.max_kv_tokens, self.attn_implementation)
+        scheduler = Scheduler(self.cfg.max_running_seqs, self.cfg.max_queue, self.cfg.max_kv_tokens,
+                              self.cfg.max_prefill_tokens)
+        engine = Engine(runner, scheduler, self._eos_ids(), self.max_model_len)
+        engine.submit(self._warmup_sequence())  # prefill + decode once before the first request
+        while engine.has_work():
+            engine.step()
+        engine.metrics = self.metrics  # the warm-up is not traffic: count from here
+        self.engine = engine
         self.engine.start()
-        log.info("language model %s loaded on %s (%s)", self.model_id, self.device_desc, self.attn_implementation)
+        log.info("language model %s loaded on %s (%s); KV arena %d tokens (%.0f MiB)", self.model_id,
+                 self.device_desc, self.attn_implementation, self.cfg.max_kv_tokens, runner.kv.num_bytes / 2**20)
 
     def stop(self) -> None:
         if self.engine is not None:
@@ -84,8 +94,7 @@ class LanguageCore:
             request_id=request_id, prompt_ids=prompt.token_ids,
             image_features=torch.cat(ordered) if ordered else None, sampling=sampling,
             max_tokens=min(sampling.max_tokens or self.cfg.default_max_tokens, room),
-            detokenizer=IncrementalDetokenizer(self.tokenizer),
-            emit=lambda item: loop.call_soon_threadsafe(queue.put_nowait, item),
+            detokenizer=IncrementalDetokenizer(self.tokenizer), emit=_emitter(loop, queue),
             num_image_tokens=prompt.num_image_tokens, transfer_ns=transfer_ns,
             generator=torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else random.getrandbits(63)),
         )
@@ -140,5 +149,17 @@ class LanguageCore:
 
     def _warmup_sequence(self) -> Sequence:
         return Sequence(request_id="warmup", prompt_ids=self.tokenizer.encode("warm up"), image_features=None,
-                        sampling=SamplingParams(), max_tokens=1, detokenizer=IncrementalDetokenizer(self.tokenizer),
-                        emit=lambda item: None)
+                        sampling=SamplingParams(ignore_eos=True), max_tokens=2,
+                        detokenizer=IncrementalDetokenizer(self.tokenizer), emit=lambda item: None)
+
+
+def _emitter(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
+    """Hands engine-thread items to the request's coroutine; drops them once its loop is gone."""
+
+    def emit(item) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the event loop closed (shutdown): nobody is listening any more
+            pass
+
+    return emit

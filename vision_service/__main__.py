@@ -15,6 +15,7 @@ def parse_config(argv: list[str] | None = None) -> VisionConfig:
     p = argparse.ArgumentParser(prog="python -m vision_service", description=__doc__)
     add_common(p, default_port=50051)
     p.add_argument("--advertise", default="", help="host:port that language replicas fetch from")
+    p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: a free one)")
     p.add_argument("--codec", choices=[c.value for c in Codec], help="default: the compute dtype")
     p.add_argument("--compression", choices=[c.value for c in Compression], default="none")
     p.add_argument("--vir", choices=[m.value for m in VirMode], default="auto")
@@ -30,7 +31,8 @@ def parse_config(argv: list[str] | None = None) -> VisionConfig:
     a = p.parse_args(argv)
     setup_logging(a.log_level)
     return VisionConfig(
-        model=a.model, host=a.host, port=a.port, advertise=a.advertise, device=device_config(a),
+        model=a.model, host=a.host, port=a.port, advertise=a.advertise, metrics_port=a.metrics_port,
+        device=device_config(a),
         codec=Codec(a.codec) if a.codec else None, compression=Compression(a.compression), vir=VirMode(a.vir),
         min_tiles=a.min_tiles, max_tiles=a.max_tiles, use_thumbnail=not a.no_thumbnail,
         max_batch_tiles=a.max_batch_tiles, max_batch_wait_ms=a.max_batch_wait_ms,

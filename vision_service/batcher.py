@@ -45,6 +45,7 @@ class TileBatcher:
         self._task: asyncio.Task | None = None
         self.batches_run = 0
         self.tiles_encoded = 0
+        self.images_in_batch = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="tile-batcher")
@@ -61,7 +62,8 @@ class TileBatcher:
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        """Images waiting plus images in the batch now running: this replica's load."""
+        return self._queue.qsize() + self.images_in_batch
 
     async def submit(self, pixel_values: torch.Tensor) -> BatchResult:
         job = _Job(pixel_values, asyncio.get_running_loop().create_future())
@@ -79,6 +81,7 @@ class TileBatcher:
             if not jobs:
                 continue
             started = time.perf_counter_ns()
+            self.images_in_batch = len(jobs)
             try:
                 features = await loop.run_in_executor(self._executor, self._encode_all, jobs)
             except Exception as exc:  # noqa: BLE001 - delivered to every waiting caller
@@ -86,6 +89,8 @@ class TileBatcher:
                     if not job.future.done():
                         job.future.set_exception(exc)
                 continue
+            finally:
+                self.images_in_batch = 0
             self._deliver(jobs, features, started, time.perf_counter_ns() - started)
 
     async def _collect(self) -> list[_Job]:

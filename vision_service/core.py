@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from dvd import codec as codecs
 from dvd.cache_key import cache_namespace, content_key
 from dvd.config import VisionConfig
@@ -22,6 +24,7 @@ from dvd.store import MemoryStore
 from dvd.types import Codec, EmbeddingRef, StageTimings, TilingOverrides, VirMode
 from vision_service.batcher import TileBatcher
 from vision_service.encoder import TileEncoder
+from vision_service.metrics import VisionMetrics
 from vision_service.preprocess import ImageDecodeError, TilingOptions, preprocess
 
 log = logging.getLogger(__name__)
@@ -40,8 +43,10 @@ class EncodeResult:
 class VisionCore:
     """Owns the encoder, the batcher and the embedding store of one vision replica."""
 
-    def __init__(self, cfg: VisionConfig, checkpoint_dir: Path, location: str) -> None:
+    def __init__(self, cfg: VisionConfig, checkpoint_dir: Path, location: str,
+                 metrics: VisionMetrics | None = None) -> None:
         self.cfg = cfg
+        self.metrics = metrics or VisionMetrics(CollectorRegistry())
         self.checkpoint_dir = checkpoint_dir
         self.location = location  # what EmbeddingRef.location says: where to fetch from
         self.model_id = model_identity(checkpoint_dir)
@@ -70,6 +75,7 @@ class VisionCore:
         self.batcher = TileBatcher(self.encoder.encode, self.cfg.max_batch_tiles,
                                    self.cfg.max_batch_wait_ms / 1000, self.cfg.max_queue_images)
         self.batcher.start()
+        self.metrics.queue_depth.set_function(lambda: self.batcher.queue_depth)
 
     async def stop(self) -> None:
         if self.batcher is not None:
@@ -90,10 +96,16 @@ class VisionCore:
         options = self._tiling(tiling)
         mode = self._check_vir(vir or self.cfg.vir)
         key = content_key(image, tiling, vir, codec, self.namespace)
-        cached = await self._lookup(key)
-        if cached is not None:
-            return EncodeResult(cached, StageTimings(), True, len(cached.tile_tokens))
-        return await self._encode_miss(key, image, options, mode, codec or self.default_codec)
+        self.metrics.in_flight.inc()
+        try:
+            cached = await self._lookup(key)
+            if cached is not None:
+                self.metrics.cache_hits.inc()
+                return EncodeResult(cached, StageTimings(), True, len(cached.tile_tokens))
+            self.metrics.cache_misses.inc()
+            return await self._encode_miss(key, image, options, mode, codec or self.default_codec)
+        finally:
+            self.metrics.in_flight.dec()
 
     async def _lookup(self, key: str) -> EmbeddingRef | None:
         """This replica's memory first, then the shared Redis (another replica may have encoded it)."""
@@ -127,8 +139,17 @@ class VisionCore:
             raise InvalidRequest(f"image embeddings ({len(blob)} bytes) exceed the store's capacity")
         ref = await self._share(ref, blob)
         elapsed = time.perf_counter_ns() - started
+        self._record(tiles.num_tiles, batch.batch_tiles, elapsed)
         return EncodeResult(ref, StageTimings(queue_ns=batch.queue_ns, encode_ns=elapsed - batch.queue_ns),
                             False, tiles.num_tiles)
+
+    def _record(self, num_tiles: int, batch_tiles: int, elapsed_ns: int) -> None:
+        m = self.metrics
+        m.images.inc()
+        m.tiles.inc(num_tiles)
+        m.batch_tiles.observe(batch_tiles)
+        m.encode_seconds.observe(elapsed_ns / 1e9)
+        m.store_bytes.set(self.store.num_bytes)
 
     async def _share(self, ref: EmbeddingRef, blob: bytes) -> EmbeddingRef:
         """Also publish to Redis when configured; this replica's memory stays the fallback."""
@@ -148,6 +169,7 @@ class VisionCore:
         if entry is None:
             raise NotFound(f"embedding {key!r} is not in this replica's store (expired or evicted)")
         blob, step = entry[1], self.cfg.fetch_chunk_bytes
+        self.metrics.fetched_bytes.inc(len(blob))
         for offset in range(0, max(len(blob), 1), step):
             yield offset, blob[offset : offset + step], len(blob)
 

@@ -1,7 +1,8 @@
 """The engine loop: `step()` = schedule -> run -> postprocess, on one dedicated thread.
 
-Requests arrive from the asyncio side through `submit`/`abort` (thread-safe); deltas leave
-through each sequence's `emit` callback."""
+Requests arrive from the asyncio side through `submit`/`abort` (thread-safe) and join the
+running batch at the next step boundary; finished and aborted ones leave at a step boundary,
+freeing their KV extent for the queue. Deltas leave through each sequence's `emit` callback."""
 
 from __future__ import annotations
 
@@ -9,22 +10,26 @@ import logging
 import threading
 import time
 
-from dvd.errors import DvdError, Internal
+from prometheus_client import CollectorRegistry
+
+from dvd.errors import DvdError, Internal, ResourceExhausted
 from dvd.types import Delta, FinishReason
+from language_service.engine.metrics import EngineMetrics
 from language_service.engine.runner import ModelRunner
-from language_service.engine.sampler import sample
-from language_service.engine.scheduler import Scheduler
+from language_service.engine.scheduler import Batch, Scheduler
 from language_service.engine.sequence import Sequence
 
 log = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, runner: ModelRunner, scheduler: Scheduler, eos_token_ids: set[int], max_model_len: int) -> None:
+    def __init__(self, runner: ModelRunner, scheduler: Scheduler, eos_token_ids: set[int], max_model_len: int,
+                 metrics: EngineMetrics | None = None) -> None:
         self.runner = runner
         self.scheduler = scheduler
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
+        self.metrics = metrics or EngineMetrics(CollectorRegistry())
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._stopped = False
@@ -38,16 +43,22 @@ class Engine:
         with self._wakeup:
             self._stopped = True
             self._wakeup.notify()
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
 
     def submit(self, seq: Sequence) -> None:
         """Queue a sequence (raises ResourceExhausted when the queue is full)."""
         with self._wakeup:
-            self.scheduler.add(seq)
+            try:
+                self.scheduler.add(seq)
+            except ResourceExhausted:
+                self.metrics.rejected.inc()
+                raise
+            self._publish_load()
             self._wakeup.notify()
 
     def abort(self, request_id: str) -> bool:
-        """Mark a request for abort; it leaves at the next step boundary."""
+        """Mark a request for abort; it leaves, and frees its KV, at the next step boundary."""
         with self._wakeup:
             seq = self.scheduler.find(request_id)
             if seq is not None:
@@ -55,15 +66,80 @@ class Engine:
                 self._wakeup.notify()
             return seq is not None
 
-    def step(self) -> None:
+    def has_work(self) -> bool:
         with self._lock:
-            self._reap_aborted()
+            return self.scheduler.has_work()
+
+    def step(self) -> None:
+        started = time.perf_counter()
+        batch = self._schedule()
+        sampled = self.runner.run(batch)
+        self._postprocess(batch, sampled)
+        with self._lock:
+            self._publish_load()
+        self.metrics.record_step(time.perf_counter() - started, batch.num_prefill_tokens, len(batch.decode))
+
+    def _schedule(self) -> Batch:
+        with self._lock:
+            for seq in [s for s in (*self.scheduler.running, *self.scheduler.waiting) if s.abort_requested]:
+                self._finish(seq, FinishReason.ABORT, flush=False)
             batch = self.scheduler.schedule()
-        for seq in batch.prefill:
-            seq.scheduled_ns = time.perf_counter_ns()
-            self._postprocess([seq], sample(self.runner.prefill(seq), [seq]))
-        if batch.decode:
-            self._postprocess(batch.decode, sample(self.runner.decode(batch.decode), batch.decode))
+            self._publish_load()
+        now = time.perf_counter_ns()
+        for chunk in batch.prefill:
+            chunk.seq.scheduled_ns = chunk.seq.scheduled_ns or now
+        return batch
+
+    def _postprocess(self, batch: Batch, sampled: list[tuple[Sequence, int]]) -> None:
+        for chunk in batch.prefill:
+            chunk.seq.num_cached_tokens = chunk.end
+        for seq in batch.decode:
+            seq.num_cached_tokens += 1  # the token it was fed is in its extent now
+        now = time.perf_counter_ns()
+        for seq, token_id in sampled:
+            if not seq.abort_requested:  # an abort that raced this step is reaped at the next one
+                seq.first_token_ns = seq.first_token_ns or now
+                self._append(seq, token_id)
+
+    def _append(self, seq: Sequence, token_id: int) -> None:
+        seq.output_ids.append(token_id)
+        reason = self._finish_reason(seq, token_id)
+        text, stopped = "", False
+        if not (reason is not None and token_id in self._stop_ids(seq)):
+            text, stopped = seq.stops.feed(seq.detokenizer.add(token_id))
+        if stopped:
+            reason = FinishReason.STOP
+        if reason is None:
+            seq.emit(Delta(token_ids=[token_id], text=text))
+            return
+        with self._lock:
+            self._finish(seq, reason, [token_id], text, flush=not stopped)
+
+    def _stop_ids(self, seq: Sequence) -> set[int]:
+        ids = set(seq.sampling.stop_token_ids)
+        return ids if seq.sampling.ignore_eos else ids | self.eos_token_ids
+
+    def _finish_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
+        if token_id in self._stop_ids(seq):
+            return FinishReason.STOP
+        if len(seq.output_ids) >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
+            return FinishReason.LENGTH
+        return None
+
+    def _finish(self, seq: Sequence, reason: FinishReason, token_ids: list[int] | None = None,
+                text: str = "", flush: bool = True) -> None:
+        """Caller holds the lock. Frees the sequence's KV and emits the final delta."""
+        if flush:
+            text += seq.stops.feed(seq.detokenizer.flush())[0] + seq.stops.flush()
+        seq.finish_reason = reason
+        self.scheduler.finish(seq)
+        self.metrics.record_finish(reason)
+        seq.emit(Delta(token_ids=token_ids or [], text=text, finish_reason=reason, usage=seq.usage(),
+                       timings=seq.timings(time.perf_counter_ns())))
+
+    def _publish_load(self) -> None:
+        s = self.scheduler
+        self.metrics.set_load(len(s.running), len(s.waiting), s.kv.usage)
 
     def _loop(self) -> None:
         while True:
@@ -80,56 +156,11 @@ class Engine:
         with self._lock:
             for seq in [*self.scheduler.running, *self.scheduler.waiting]:
                 self._finish(seq, FinishReason.ABORT)
-
-    def _postprocess(self, seqs: list[Sequence], token_ids: list[int]) -> None:
-        now = time.perf_counter_ns()
-        for seq, token_id in zip(seqs, token_ids):
-            seq.first_token_ns = seq.first_token_ns or now
-            seq.output_ids.append(token_id)
-            reason = self._finish_reason(seq, token_id)
-            text, stopped = "", False
-            if not (reason is not None and token_id in self._stop_ids(seq)):
-                text, stopped = seq.stops.feed(seq.detokenizer.add(token_id))
-            if stopped:
-                reason = FinishReason.STOP
-            if reason is None:
-                if text:
-                    seq.emit(Delta(token_ids=[token_id], text=text))
-                else:
-                    seq.emit(Delta(token_ids=[token_id]))
-                continue
-            with self._lock:
-                self._finish(seq, reason, [token_id], text, flush=not stopped)
-
-    def _stop_ids(self, seq: Sequence) -> set[int]:
-        ids = set(seq.sampling.stop_token_ids)
-        return ids if seq.sampling.ignore_eos else ids | self.eos_token_ids
-
-    def _finish_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
-        if token_id in self._stop_ids(seq):
-            return FinishReason.STOP
-        if len(seq.output_ids) >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
-            return FinishReason.LENGTH
-        return None
-
-    def _finish(self, seq: Sequence, reason: FinishReason, token_ids: list[int] | None = None,
-                text: str = "", flush: bool = True) -> None:
-        """Caller holds the lock. Emits the final delta and frees the sequence's cache."""
-        if flush:
-            text += seq.stops.feed(seq.detokenizer.flush())[0] + seq.stops.flush()
-        seq.finish_reason = reason
-        self.scheduler.finish(seq)
-        self.runner.release(seq)
-        seq.emit(Delta(token_ids=token_ids or [], text=text, finish_reason=reason, usage=seq.usage(),
-                       timings=seq.timings(time.perf_counter_ns())))
-
-    def _reap_aborted(self) -> None:
-        for seq in [s for s in (*self.scheduler.running, *self.scheduler.waiting) if s.abort_requested]:
-            self._finish(seq, FinishReason.ABORT, flush=False)
+            self._publish_load()
 
     def _fail_running(self, exc: DvdError) -> None:
         with self._lock:
             for seq in list(self.scheduler.running):
                 self.scheduler.finish(seq)
-                self.runner.release(seq)
                 seq.emit(exc)
+            self._publish_load()

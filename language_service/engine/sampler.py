@@ -11,10 +11,8 @@ from language_service.engine.sequence import Sequence
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
     """logits: [B, vocab] for the B sequences, in order -> one token id each."""
     logits = logits.float()
-    out = []
-    for row, seq in zip(logits, seqs):
-        out.append(int(row.argmax()) if seq.sampling.greedy else _sample_row(row, seq))
-    return out
+    greedy = logits.argmax(-1).tolist()  # [B]: one device sync for the whole batch
+    return [greedy[i] if seq.sampling.greedy else _sample_row(logits[i], seq) for i, seq in enumerate(seqs)]
 
 
 def _sample_row(row: torch.Tensor, seq: Sequence) -> int:

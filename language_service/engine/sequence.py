@@ -1,4 +1,8 @@
-"""A request inside the engine: prompt, image features, sampling state, output so far."""
+"""A request inside the engine: prompt, image features, sampling state, where its KV lives,
+how far its prompt is prefilled, and the output so far.
+
+The scheduler reads and advances the bookkeeping fields; the runner reads them to index the
+KV arena; nothing else is passed between the two."""
 
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ from language_service.engine.stops import StopStrings
 
 
 class Status(enum.Enum):
-    WAITING = "waiting"
-    RUNNING = "running"
+    WAITING = "waiting"  # queued, owns no KV
+    RUNNING = "running"  # owns a KV extent: prefilling, then decoding
     FINISHED = "finished"
 
 
@@ -28,14 +32,15 @@ class Sequence:
     sampling: SamplingParams
     max_tokens: int
     detokenizer: IncrementalDetokenizer
-    emit: Callable[[Delta], None]  # called from the engine thread
+    emit: Callable[[Delta | Exception], None]  # called from the engine thread
     num_image_tokens: int = 0
     transfer_ns: int = 0
     output_ids: list[int] = field(default_factory=list)
     status: Status = Status.WAITING
     finish_reason: FinishReason | None = None
     generator: torch.Generator | None = None
-    kv_cache: object = None  # owned by the runner
+    kv_start: int = -1  # first arena position of this sequence's extent (-1: none yet)
+    num_cached_tokens: int = 0  # positions whose K/V are already in the extent
     arrived_ns: int = field(default_factory=time.perf_counter_ns)
     scheduled_ns: int = 0
     first_token_ns: int = 0
@@ -45,8 +50,21 @@ class Sequence:
         self.stops = StopStrings(self.sampling.stop)
 
     @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
     def num_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def max_kv_tokens(self) -> int:
+        """KV positions this sequence can ever need: the last sampled token is never fed back."""
+        return len(self.prompt_ids) + self.max_tokens - 1
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self.num_cached_tokens < len(self.prompt_ids)
 
     @property
     def last_token_id(self) -> int:
