@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TINY := checkpoints/tiny/config.json
 PYTEST_ARGS ?=
 
-.PHONY: install serve test test-slow protos clean
+.PHONY: install serve test test-slow protos clean aiperf-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,5 +35,10 @@ test-slow: $(STAMP)
 protos: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. protos/v1/*.proto
 
+# NVIDIA AIPerf's OpenAI chat profile with images against a live tiny stack (AIPerf gets its own
+# venv, .venv-aiperf: its pins clash with the server's).
+aiperf-check: $(STAMP) $(TINY)
+	scripts/aiperf_check.sh
+
 clean:
-	rm -rf $(VENV) checkpoints .pytest_cache
+	rm -rf $(VENV) .venv-aiperf checkpoints .pytest_cache

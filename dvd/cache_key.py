@@ -7,20 +7,31 @@ from __future__ import annotations
 
 import hashlib
 
-from dvd.types import Codec, Compression, TilingOverrides, VirMode
+from dvd.types import Codec, Compression, TilingOverrides, VirOptions
 
 
 def cache_namespace(model_id: str, codec: Codec, compression: Compression, min_tiles: int, max_tiles: int,
-                    use_thumbnail: bool, vir: VirMode) -> str:
-    """Everything besides the request that decides the embeddings: a vision pool's defaults."""
-    text = f"{model_id}|{codec.value}|{compression.value}|{min_tiles}|{max_tiles}|{use_thumbnail}|{vir.value}"
+                    use_thumbnail: bool, vir: str) -> str:
+    """Everything besides the request that decides the embeddings: a vision pool's defaults.
+
+    `vir` is the pool's router defaults as text (mode and auto thresholds)."""
+    text = f"{model_id}|{codec.value}|{compression.value}|{min_tiles}|{max_tiles}|{use_thumbnail}|{vir}"
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def content_key(image: bytes, tiling: TilingOverrides, vir: VirMode | None, codec: Codec | None, namespace: str) -> str:
+def content_key(image: bytes, tiling: TilingOverrides, vir: VirOptions, codec: Codec | None, namespace: str) -> str:
     """blake2b-128 of the image bytes, the request's overrides and the pool's namespace."""
     digest = hashlib.blake2b(image, digest_size=16)
     overrides = (f"|{tiling.min_tiles}|{tiling.max_tiles}|{tiling.use_thumbnail}"
-                 f"|{vir.value if vir else ''}|{codec.value if codec else ''}|{namespace}")
+                 f"|{vir.key_text()}|{codec.value if codec else ''}|{namespace}")
     digest.update(overrides.encode())
+    return digest.hexdigest()
+
+
+def route_key(image: bytes, tiling: TilingOverrides, namespace: str) -> str:
+    """The key of an image's router scores and ViT features: what decides them is the image and
+    its tiles, not the router mode or the codec. The gateway also routes both phases of a
+    multi-image `auto` request by it, so the second phase finds the first one's ViT features."""
+    digest = hashlib.blake2b(image, digest_size=16)
+    digest.update(f"|route|{tiling.min_tiles}|{tiling.max_tiles}|{tiling.use_thumbnail}|{namespace}".encode())
     return digest.hexdigest()

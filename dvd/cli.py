@@ -9,11 +9,14 @@ import sys
 import threading
 from pathlib import Path
 
+from dvd.bench import commands as bench_commands
+from dvd.bench import transport
+from dvd.bench import vir as bench_vir
 from dvd.config import DEFAULT_MODEL
 from dvd.flags import setup_logging
 from dvd.launcher import LocalStack, StackOptions
 
-PRESETS = ("tiny", "small", "1b-shape")
+PRESETS = ("tiny", "small", "1b-shape", "tiny-flash", "small-flash")
 
 
 def ensure_checkpoint(model: str, root: Path) -> Path | str:
@@ -39,6 +42,8 @@ def cmd_make_checkpoint(a: argparse.Namespace) -> int:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     checkpoint = ensure_checkpoint(a.model, Path(a.checkpoint_root))
+    if a.ray:
+        return cmd_serve_ray(a, checkpoint)
     opts = StackOptions(
         checkpoint=checkpoint, host=a.host, port=a.port, grpc_port=a.grpc_port, monolithic=a.monolithic,
         vision_replicas=a.vision_replicas, language_replicas=a.language_replicas, model_name=a.model_name,
@@ -65,6 +70,20 @@ def cmd_serve(a: argparse.Namespace) -> int:
         stack.stop()
 
 
+def cmd_serve_ray(a: argparse.Namespace, checkpoint: Path | str) -> int:
+    if a.monolithic or a.redis:
+        sys.exit("dvd serve --ray: --monolithic and --redis are for the process stack, not Ray")
+    try:
+        from dvd.ray_serve.local import LocalOptions, serve_forever
+    except ImportError as exc:
+        sys.exit(f"dvd serve --ray needs the `ray` extra (pip install -e '.[ray]'): {exc}")
+    return serve_forever(LocalOptions(
+        model=str(checkpoint), model_name=a.model_name, device=a.device, dtype=a.dtype, host=a.host, port=a.port,
+        grpc_port=a.grpc_port, num_cpus=a.num_cpus, max_vision_replicas=a.max_vision_replicas,
+        max_language_replicas=a.max_language_replicas,
+    ))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dvd", description="Decoupled vision-language serving for InternVL")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,8 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--device", default="auto")
     sv.add_argument("--dtype", default="auto")
     sv.add_argument("--log-dir", default="", help="write each process's log here instead of the terminal")
+    sv.add_argument("--ray", action="store_true", help="run the pools as autoscaling Ray Serve deployments on a "
+                    "local Ray (the `ray` extra); REST on --port, gRPC on --grpc-port")
+    sv.add_argument("--num-cpus", type=int, default=None, help="--ray: CPUs of the local Ray (default: all)")
+    sv.add_argument("--max-vision-replicas", type=int, default=3, help="--ray: the vision pool scales 1..N")
+    sv.add_argument("--max-language-replicas", type=int, default=1, help="--ray: the language pool scales 1..N")
     sv.set_defaults(func=cmd_serve)
     add_bench_parsers(sub.add_parser("bench", help="benchmarks that print side-by-side ratios"))
+    bench_commands.register_plan(sub)
     return parser
 
 
@@ -105,6 +130,9 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     en.add_argument("--device", default="auto")
     en.add_argument("--dtype", default="auto")
     en.set_defaults(func=cmd_bench_engine)
+    transport.register(kinds)
+    bench_vir.register(kinds)
+    bench_commands.register_bench(kinds)
 
 
 def cmd_bench_engine(a: argparse.Namespace) -> int:
@@ -114,8 +142,7 @@ def cmd_bench_engine(a: argparse.Namespace) -> int:
     opts = EngineBenchOptions(checkpoint=Path(checkpoint), concurrency=tuple(int(c) for c in a.concurrency.split(",")),
                               max_tokens=a.max_tokens, prompt_tokens=a.prompt_tokens, repeats=a.repeats,
                               device=a.device, dtype=a.dtype)
-    rows, device = run_engine_bench(opts)
-    print(format_table(rows, opts, device))
+    print(format_table(run_engine_bench(opts), opts))
     return 0
 
 

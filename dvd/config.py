@@ -41,7 +41,13 @@ class VisionConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     codec: Codec | None = None  # None: match the compute dtype (fp32 on CPU, bf16 on GPU)
     compression: Compression = Compression.NONE
-    vir: VirMode = VirMode.AUTO
+    # Router (InternVL3.5-Flash checkpoints). vir None: auto when the checkpoint's config sets
+    # flash_mode, else off; thresholds None: the checkpoint's flash_*_threshold.
+    vir: VirMode | None = None
+    vir_relative_threshold: float | None = None
+    vir_absolute_threshold: float | None = None
+    route_cache_bytes: int = 256 * 1024 * 1024  # ViT grids kept between Route and Encode
+    route_grid_ttl_s: float = 60.0
     min_tiles: int = 1
     max_tiles: int = 12
     use_thumbnail: bool = True
@@ -56,6 +62,7 @@ class VisionConfig:
     metrics_port: int = 9090  # Prometheus /metrics over HTTP; 0 picks a free port
     redis_url: str = ""  # also write embeddings to this Redis (shared cache); "" = memory only
     redis_chunk_bytes: int = 8 * 1024 * 1024
+    linger_s: float = 5.0  # after SIGTERM: NOT_SERVING but still serving fetches, before draining
     drain_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
@@ -66,6 +73,11 @@ class VisionConfig:
             raise ValueError(f"need 1 <= min_tiles <= max_tiles, got {self.min_tiles}, {self.max_tiles}")
         if self.max_batch_wait_ms < 0:
             raise ValueError("max_batch_wait_ms must be >= 0")
+        for name in ("vir_relative_threshold", "vir_absolute_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        _positive(route_grid_ttl_s=self.route_grid_ttl_s)
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,12 @@ class GatewayConfig:
     max_images_per_request: int = 16
     image_fetch_timeout_s: float = 10.0
     allow_http_images: bool = True
+    # Video: frames sampled per video unless the request says, and the most frames per request.
+    video_dir: str = ""  # file:// video URLs are read only under this directory; "" refuses them
+    max_video_bytes: int = 256 * 1024 * 1024
+    default_video_frames: int = 8
+    max_video_frames: int = 64
+    max_video_frame_pixels: int = 4096 * 4096
     request_timeout_s: float = 600.0
     redis_url: str = ""  # shared embedding cache; "" = route identical images to one replica instead
     ref_cache_ttl_s: float = 300.0  # keep below the vision store's TTL
@@ -119,4 +137,9 @@ class GatewayConfig:
         if not self.vision_targets or not self.language_targets:
             raise ValueError("the gateway needs at least one vision and one language target")
         _positive(max_image_bytes=self.max_image_bytes, max_images_per_request=self.max_images_per_request,
-                  image_fetch_timeout_s=self.image_fetch_timeout_s, request_timeout_s=self.request_timeout_s)
+                  image_fetch_timeout_s=self.image_fetch_timeout_s, request_timeout_s=self.request_timeout_s,
+                  max_video_bytes=self.max_video_bytes, default_video_frames=self.default_video_frames,
+                  max_video_frame_pixels=self.max_video_frame_pixels)
+        if not self.default_video_frames <= self.max_video_frames:
+            raise ValueError(f"default_video_frames ({self.default_video_frames}) exceeds max_video_frames "
+                             f"({self.max_video_frames})")

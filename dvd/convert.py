@@ -17,7 +17,9 @@ from dvd.types import (
     TextPart,
     TilingOverrides,
     Usage,
+    VideoPart,
     VirMode,
+    VirOptions,
 )
 from protos.v1 import common_pb2, language_pb2
 
@@ -61,6 +63,25 @@ def vir_from_pb(value: int) -> VirMode | None:
     if value not in VIR_FROM_PB:
         raise InvalidRequest(f"unknown vir enum value {value}")
     return VIR_FROM_PB[value]
+
+
+def vir_options_from_pb(mode: int, thresholds: common_pb2.VirThresholds | None,
+                        group_scores=()) -> VirOptions:
+    """A request's router settings; unset fields stay None (the vision service's defaults)."""
+    relative = absolute = None
+    if thresholds is not None:
+        relative = thresholds.relative if thresholds.HasField("relative") else None
+        absolute = thresholds.absolute if thresholds.HasField("absolute") else None
+    return VirOptions(vir_from_pb(mode), relative, absolute, tuple(group_scores))
+
+
+def vir_thresholds_to_pb(vir: VirOptions) -> common_pb2.VirThresholds:
+    pb = common_pb2.VirThresholds()
+    if vir.relative_threshold is not None:
+        pb.relative = vir.relative_threshold
+    if vir.absolute_threshold is not None:
+        pb.absolute = vir.absolute_threshold
+    return pb
 
 
 def ref_to_pb(ref: EmbeddingRef) -> common_pb2.EmbeddingRef:
@@ -160,15 +181,16 @@ def usage_from_pb(pb: common_pb2.Usage) -> Usage:
     return Usage(pb.prompt_tokens, pb.completion_tokens, pb.image_tokens)
 
 
+def _part_to_pb(p: TextPart | ImagePart | VideoPart) -> language_pb2.ContentPart:
+    if isinstance(p, TextPart):
+        return language_pb2.ContentPart(text=p.text)
+    if isinstance(p, VideoPart):
+        return language_pb2.ContentPart(video=language_pb2.VideoFrames(image_indices=list(p.indices)))
+    return language_pb2.ContentPart(image_index=p.index)
+
+
 def messages_to_pb(messages: list[Message]) -> list[language_pb2.ChatMessage]:
-    out = []
-    for m in messages:
-        parts = [
-            language_pb2.ContentPart(text=p.text) if isinstance(p, TextPart) else language_pb2.ContentPart(image_index=p.index)
-            for p in m.parts
-        ]
-        out.append(language_pb2.ChatMessage(role=m.role, content=parts))
-    return out
+    return [language_pb2.ChatMessage(role=m.role, content=[_part_to_pb(p) for p in m.parts]) for m in messages]
 
 
 def messages_from_pb(pbs) -> list[Message]:
@@ -178,8 +200,13 @@ def messages_from_pb(pbs) -> list[Message]:
         for p in m.content:
             kind = p.WhichOneof("part")
             if kind is None:
-                raise InvalidRequest("a content part has neither text nor image_index")
-            parts.append(TextPart(p.text) if kind == "text" else ImagePart(p.image_index))
+                raise InvalidRequest("a content part has neither text, image_index nor video")
+            if kind == "video":
+                if not p.video.image_indices:
+                    raise InvalidRequest("a video part has no frames")
+                parts.append(VideoPart(tuple(p.video.image_indices)))
+            else:
+                parts.append(TextPart(p.text) if kind == "text" else ImagePart(p.image_index))
         out.append(Message(role=m.role, parts=tuple(parts)))
     return out
 

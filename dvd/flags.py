@@ -48,7 +48,10 @@ def pin_cpus(cpus: tuple[int, ...]) -> None:
     torch = sys.modules.get("torch")  # the gateway never imports torch; model services already have
     if torch is not None:
         torch.set_num_threads(len(cpus))
-        torch.set_num_interop_threads(1)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # set once already, or inter-op work has started: it stays as it is
+            pass
 
 
 def device_config(args: argparse.Namespace) -> DeviceConfig:

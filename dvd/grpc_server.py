@@ -20,9 +20,13 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
-def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
-    """Options for both ends: large messages, and keepalives so dead peers are noticed."""
-    return [
+def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES, client: bool = False) -> list[tuple[str, int]]:
+    """Options for both ends: large messages, and keepalives so dead peers are noticed. Clients
+    also cap the reconnect backoff (gRPC's default grows to 120 s): a peer that was down while
+    this process started, or restarted, is found again within seconds."""
+    reconnect = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
+                 ("grpc.max_reconnect_backoff_ms", 2_000)] if client else []
+    return reconnect + [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),
@@ -117,8 +121,11 @@ class GrpcService:
         for name in self.service_names:
             await self.health.set(name, status)
 
-    async def serve_forever(self, grace_s: float, on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Block until SIGTERM/SIGINT, then drain: NOT_SERVING, finish in-flight calls, stop."""
+    async def serve_forever(self, grace_s: float, on_stop: Callable[[], Awaitable[None]] | None = None,
+                            linger_s: float = 0.0) -> None:
+        """Block until SIGTERM/SIGINT, then drain: NOT_SERVING; keep serving for `linger_s` (so
+        callers notice and peers can still pull what this replica holds); finish in-flight
+        calls within `grace_s`; stop."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -126,6 +133,8 @@ class GrpcService:
         await stop.wait()
         log.info("shutting down: draining for up to %.0f s", grace_s)
         await self.health.enter_graceful_shutdown()
+        if linger_s > 0:
+            await asyncio.sleep(linger_s)
         if on_stop is not None:
             await on_stop()
         await self.server.stop(grace_s)

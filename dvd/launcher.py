@@ -39,6 +39,11 @@ class StackOptions:
     device: str = "auto"
     dtype: str = "auto"
     redis_url: str = ""  # shared embedding cache for the vision pool and the gateway
+    # CPUs each role's processes are pinned to (their `--cpus`); empty: wherever the OS puts them
+    vision_cpus: tuple[int, ...] = ()
+    language_cpus: tuple[int, ...] = ()
+    gateway_cpus: tuple[int, ...] = ()
+    monolithic_cpus: tuple[int, ...] = ()
     vision_args: list[str] = field(default_factory=list)
     language_args: list[str] = field(default_factory=list)
     gateway_args: list[str] = field(default_factory=list)
@@ -126,7 +131,7 @@ class LocalStack:
         for i in range(self.opts.vision_replicas):
             port = free_port(self.opts.host)
             self.vision_targets.append(f"{self.opts.host}:{port}")
-            metrics = ["--metrics-port", str(free_port(self.opts.host))]
+            metrics = ["--metrics-port", str(free_port(self.opts.host)), "--linger-s", "0.5"]  # local: quick stop
             self._spawn(f"vision-{i}", "vision_service",
                         common + ["--port", str(port)] + metrics + redis + self.opts.vision_args,
                         VISION_SERVICE, self.vision_targets[-1])
@@ -143,6 +148,9 @@ class LocalStack:
         if self.opts.log_dir is not None:
             self.opts.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.opts.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        cpus = {"vision": self.opts.vision_cpus, "language": self.opts.language_cpus, "gateway": self.opts.gateway_cpus,
+                "monolithic": self.opts.monolithic_cpus}[name.split("-")[0]]
+        args = args + (["--cpus", ",".join(map(str, cpus))] if cpus else [])
         popen = subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT if out else None)
         metrics_url = ""
         if "--metrics-port" in args:

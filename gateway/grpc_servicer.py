@@ -5,9 +5,11 @@ from __future__ import annotations
 import uuid
 
 from dvd import convert
+from dvd.errors import InvalidRequest
 from dvd.types import SamplingParams, TextPart
 from gateway.images import ImageSource
 from gateway.pipeline import ChatRequest, ChatTurn, Pipeline
+from gateway.video import VideoSource
 from protos.v1 import gateway_pb2, gateway_pb2_grpc
 
 
@@ -16,17 +18,26 @@ def chat_request_from_pb(pb: gateway_pb2.ChatRequest) -> ChatRequest:
     for turn in pb.messages:
         parts = []
         for part in turn.content:
-            if part.WhichOneof("part") == "image":
+            kind = part.WhichOneof("part")
+            if kind in ("image", "video") and turn.role != "user":
+                raise InvalidRequest("only user messages may contain images or videos")
+            if kind == "image":
                 source = part.image
                 is_data = source.WhichOneof("source") == "data"
                 parts.append(ImageSource(data=source.data) if is_data else ImageSource(url=source.url))
+            elif kind == "video":
+                video = part.video
+                data = video.data if video.WhichOneof("source") == "data" else None
+                parts.append(VideoSource(data=data, url=None if data is not None else video.url,
+                                         num_frames=video.num_frames or None))
             else:
                 parts.append(TextPart(part.text))
         turns.append(ChatTurn(turn.role, tuple(parts)))
     sampling = convert.sampling_from_pb(pb.sampling) if pb.HasField("sampling") else SamplingParams()
     return ChatRequest(
         messages=tuple(turns), sampling=sampling, model=pb.model, tiling=convert.tiling_from_pb(pb.tiling),
-        vir=convert.vir_from_pb(pb.vir), request_id=pb.request_id or f"chat-{uuid.uuid4().hex}",
+        vir=convert.vir_options_from_pb(pb.vir, pb.vir_thresholds),
+        request_id=pb.request_id or f"chat-{uuid.uuid4().hex}",
     )
 
 

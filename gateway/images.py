@@ -36,7 +36,7 @@ class ImageLoader:
             return self._checked(source.data, "inline image")
         url = source.url or ""
         if url.startswith("data:"):
-            return self._checked(_decode_data_url(url), "data: URL image")
+            return self._checked(decode_data_url(url, "image"), "data: URL image")
         if url.startswith(("http://", "https://")):
             if not self.allow_http:
                 raise InvalidRequest("http(s) image URLs are disabled on this gateway; send a data: URL")
@@ -71,10 +71,12 @@ class ImageLoader:
         return self._checked(b"".join(chunks), f"image at {url!r}")
 
 
-def _decode_data_url(url: str) -> bytes:
+def decode_data_url(url: str, kind: str) -> bytes:
+    """The bytes of a base64 `data:` URL; `kind` ("image", "video") is for the error message."""
     header, sep, payload = url.partition(",")
     if not sep or not header.endswith(";base64"):
-        raise InvalidRequest("data: image URLs must be base64 encoded (data:image/png;base64,...)")
+        example = "data:image/png;base64,..." if kind == "image" else "data:video/mp4;base64,..."
+        raise InvalidRequest(f"data: {kind} URLs must be base64 encoded ({example})")
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:

@@ -1,5 +1,6 @@
-"""The request path, top to bottom: parse -> load images -> encode them on the vision pool
--> generate on the language pool -> stream deltas out. Both front ends (REST and gRPC) call
+"""The request path, top to bottom: parse -> load images (videos: sampled frames) -> encode
+them on the vision pool (route first when the router ranks several images together) ->
+generate on the language pool -> stream deltas out. Both front ends (REST and gRPC) call
 `Pipeline.chat`; neither knows about pools or protobuf of the pools."""
 
 from __future__ import annotations
@@ -7,22 +8,24 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from dvd.cache_key import content_key
+from dvd.cache_key import content_key, route_key
 from dvd.config import GatewayConfig
-from dvd.errors import InvalidRequest, ModelNotFound, NotFound
-from dvd.types import Delta, ImagePart, Message, SamplingParams, StageTimings, TextPart, TilingOverrides, VirMode
+from dvd.errors import ModelNotFound, NotFound
+from dvd.types import Delta, SamplingParams, StageTimings, TextPart, TilingOverrides, VirOptions
 from gateway.cache import RefCache
 from gateway.images import ImageLoader, ImageSource
+from gateway.media import MediaImage, load_media, split_media
 from gateway.metrics import GatewayMetrics
 from gateway.pools import Encoded, LanguagePool, VisionPool
+from gateway.video import VideoLoader, VideoSource
 
 
 @dataclass(frozen=True)
 class ChatTurn:
     role: str
-    parts: tuple[TextPart | ImageSource, ...]
+    parts: tuple[TextPart | ImageSource | VideoSource, ...]
 
 
 @dataclass(frozen=True)
@@ -30,18 +33,20 @@ class ChatRequest:
     messages: tuple[ChatTurn, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     model: str = ""
-    tiling: TilingOverrides = field(default_factory=TilingOverrides)
-    vir: VirMode | None = None
+    tiling: TilingOverrides = field(default_factory=TilingOverrides)  # images; video frames are one tile each
+    vir: VirOptions = field(default_factory=VirOptions)
     request_id: str = ""
 
 
 class Pipeline:
     def __init__(self, cfg: GatewayConfig, vision: VisionPool, language: LanguagePool, images: ImageLoader,
-                 cache: RefCache, metrics: GatewayMetrics) -> None:
+                 cache: RefCache, metrics: GatewayMetrics, videos: VideoLoader | None = None) -> None:
         self.cfg = cfg
         self.vision = vision
         self.language = language
         self.images = images
+        self.videos = videos or VideoLoader(cfg.max_video_bytes, cfg.video_dir, cfg.default_video_frames,
+                                            cfg.max_video_frames, cfg.max_video_frame_pixels)
         self.cache = cache
         self.metrics = metrics
 
@@ -52,15 +57,16 @@ class Pipeline:
     async def _chat(self, req: ChatRequest) -> AsyncIterator[Delta]:
         request_id = req.request_id or f"chatcmpl-{uuid.uuid4().hex}"
         self.check_model(req.model)
-        messages, sources = _split_images(req.messages, self.cfg.max_images_per_request)
-        images = await self.images.load_all(sources)
-        encoded = await self._encode_all(images, req, request_id)
+        messages, sources = split_media(req.messages, self.videos, self.cfg.max_images_per_request,
+                                        self.cfg.max_video_frames)
+        images = await load_media(sources, self.images, self.videos, req.tiling)
+        encoded = await self._encode_all(images, req.vir, request_id)
         self.metrics.record_images(sum(e.cache_hit for e in encoded), sum(not e.cache_hit for e in encoded))
         deltas = self.language.generate(request_id, messages, [e.ref for e in encoded], req.sampling)
         try:
             first = await anext(deltas)
         except NotFound:  # a store evicted the embeddings between encode and fetch: encode again, once
-            encoded = await self._encode_all(images, req, request_id, use_cache=False)
+            encoded = await self._encode_all(images, req.vir, request_id, use_cache=False)
             deltas = self.language.generate(request_id, messages, [e.ref for e in encoded], req.sampling)
             first = await anext(deltas)
         async for delta in _prepend(first, deltas):
@@ -72,22 +78,49 @@ class Pipeline:
         if model and model != self.cfg.model_name:
             raise ModelNotFound(f"model {model!r} is not served here; try {self.cfg.model_name!r}")
 
-    async def _encode_all(self, images: list[bytes], req: ChatRequest, request_id: str,
+    async def _encode_all(self, images: list[MediaImage], vir: VirOptions, request_id: str,
                           use_cache: bool = True) -> list[Encoded]:
-        namespace = await self.vision.namespace() if images else ""
-        tasks = [self._encode(img, req, f"{request_id}/{i}", namespace, use_cache) for i, img in enumerate(images)]
-        return list(await asyncio.gather(*tasks))
+        """Every image concurrently (video frames fan out across replicas like images). In `auto`
+        the router ranks each tile against every tile of the request, so with several images
+        their scores are gathered first (`_route_all`) and travel with each Encode."""
+        if not images:
+            return []
+        info = await self.vision.info()
+        routing = StageTimings()
+        if len(images) > 1 and info.routes(vir.mode):
+            vir, routing = await self._route_all(images, vir, info.namespace, request_id)
+        tasks = [self._encode(img, vir, f"{request_id}/{i}", info.namespace, use_cache) for i, img in enumerate(images)]
+        encoded = list(await asyncio.gather(*tasks))
+        for e in encoded:
+            e.timings.add(routing)
+        return encoded
 
-    async def _encode(self, image: bytes, req: ChatRequest, request_id: str, namespace: str,
+    async def _route_all(self, images: list[MediaImage], vir: VirOptions, namespace: str,
+                         request_id: str) -> tuple[VirOptions, StageTimings]:
+        """Phase one of a multi-image `auto` request: each image's tile scores, from the replica
+        its Encode will go to (route-key affinity), which keeps its ViT output for it."""
+        routed = await asyncio.gather(*(
+            self.vision.route(img.data, img.tiling, f"{request_id}/{i}",
+                              affinity=route_key(img.data, img.tiling, namespace))
+            for i, img in enumerate(images)))
+        slowest = StageTimings(queue_ns=max(r.timings.queue_ns for r in routed),
+                               encode_ns=max(r.timings.encode_ns for r in routed))
+        return replace(vir, group_scores=tuple(s for r in routed for s in r.scores)), slowest
+
+    async def _encode(self, image: MediaImage, vir: VirOptions, request_id: str, namespace: str,
                       use_cache: bool) -> Encoded:
         """A cache hit skips the vision pool; a miss goes to the replica that owns the key
-        (without a shared Redis, that replica's memory is the cache)."""
-        key = content_key(image, req.tiling, req.vir, None, namespace)
+        (without a shared Redis, that replica's memory is the cache), a routed image to the
+        replica that holds its ViT output."""
+        key = content_key(image.data, image.tiling, vir, None, namespace)
         ref = await self.cache.get(key) if use_cache else None
         if ref is not None:
             return Encoded(ref, StageTimings(), cache_hit=True)
-        affinity = "" if self.cache.redis is not None else key
-        encoded = await self.vision.encode(image, req.tiling, req.vir, None, request_id, affinity=affinity)
+        if vir.group_scores:
+            affinity = route_key(image.data, image.tiling, namespace)
+        else:
+            affinity = "" if self.cache.redis is not None else key
+        encoded = await self.vision.encode(image.data, image.tiling, vir, None, request_id, affinity=affinity)
         self.cache.remember(key, encoded.ref)
         return encoded
 
@@ -96,23 +129,6 @@ async def _prepend(first: Delta, rest: AsyncIterator[Delta]) -> AsyncIterator[De
     yield first
     async for delta in rest:
         yield delta
-
-
-def _split_images(turns: tuple[ChatTurn, ...], max_images: int) -> tuple[list[Message], list[ImageSource]]:
-    """Replace each image in the conversation by an index into the returned source list."""
-    messages, sources = [], []
-    for turn in turns:
-        parts: list[TextPart | ImagePart] = []
-        for part in turn.parts:
-            if isinstance(part, ImageSource):
-                parts.append(ImagePart(len(sources)))
-                sources.append(part)
-            else:
-                parts.append(part)
-        messages.append(Message(turn.role, tuple(parts)))
-    if len(sources) > max_images:
-        raise InvalidRequest(f"{len(sources)} images in one request; the limit is {max_images}")
-    return messages, sources
 
 
 def _add_vision_stage(delta: Delta, encoded: list[Encoded]) -> None:

@@ -16,7 +16,8 @@ import grpc
 
 from dvd import convert
 from dvd.errors import from_grpc_error
-from dvd.types import Codec, Delta, EmbeddingRef, Message, SamplingParams, StageTimings, TilingOverrides, VirMode
+from dvd.types import (Codec, Delta, EmbeddingRef, Message, SamplingParams, StageTimings, TilingOverrides, VirMode,
+                       VirOptions)
 from gateway.discovery import from_spec
 from gateway.replicas import Replica, ReplicaSet
 from protos.v1 import language_pb2, language_pb2_grpc, vision_pb2, vision_pb2_grpc
@@ -29,7 +30,8 @@ RETRY_ELSEWHERE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUST
 # Of those, the ones that say the replica itself is unwell: eject it for a while.
 EJECT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN}
 MAX_ATTEMPTS = 3
-HEALTH_PERIOD_S = 5.0
+HEALTH_PERIOD_S = 5.0  # every replica
+EJECTED_PROBE_PERIOD_S = 0.5  # ejected replicas whose backoff has passed
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,25 @@ class Encoded:
     ref: EmbeddingRef
     timings: StageTimings
     cache_hit: bool
+
+
+@dataclass(frozen=True)
+class Routed:
+    scores: tuple[float, ...]  # each tile's router compress score
+    timings: StageTimings
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    """What the gateway needs to know about the vision pool's model, asked once."""
+
+    namespace: str  # VisionInfo.cache_namespace
+    has_router: bool  # an InternVL3.5-Flash checkpoint: the ViR router can run
+    default_vir: VirMode  # the mode a request without `vir` gets
+
+    def routes(self, mode: VirMode | None) -> bool:
+        """Whether a request in `mode` runs the router's auto decision."""
+        return self.has_router and (mode or self.default_vir) is VirMode.AUTO
 
 
 def _spec(text: str) -> str:
@@ -71,9 +92,13 @@ class _Pool:
         self.replicas.set_targets(frozenset().union(*self._found.values()))
 
     async def _health_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self.replicas.check_health()
-            await asyncio.sleep(HEALTH_PERIOD_S)
+            next_sweep = loop.time() + HEALTH_PERIOD_S
+            while loop.time() < next_sweep:
+                await asyncio.sleep(EJECTED_PROBE_PERIOD_S)
+                await self.replicas.check_health(which="due")
 
     async def healthy(self) -> bool:
         await self.replicas.check_health()
@@ -98,29 +123,41 @@ class VisionPool(_Pool):
 
     def __init__(self, specs: tuple[str, ...], call_timeout_s: float = 600.0) -> None:
         super().__init__(specs, call_timeout_s)
-        self._namespace = ""
+        self._info: PoolInfo | None = None
+
+    async def info(self) -> PoolInfo:
+        """The pool's model facts (VisionInfo), asked once."""
+        if self._info is None:
+            info = await self._call(lambda stub: stub.Info(vision_pb2.VisionInfoRequest(), timeout=10))
+            default_vir = convert.vir_from_pb(info.default_vir) or VirMode.OFF
+            self._info = PoolInfo(info.cache_namespace, info.has_router, default_vir)
+        return self._info
 
     async def namespace(self) -> str:
-        """The pool's cache namespace (VisionInfo.cache_namespace), asked once."""
-        if not self._namespace:
-            info = await self._call(lambda stub: stub.Info(vision_pb2.VisionInfoRequest(), timeout=10))
-            self._namespace = info.cache_namespace
-        return self._namespace
+        """The pool's cache namespace (VisionInfo.cache_namespace)."""
+        return (await self.info()).namespace
 
-    async def encode(self, image: bytes, tiling: TilingOverrides, vir: VirMode | None,
+    async def encode(self, image: bytes, tiling: TilingOverrides, vir: VirOptions,
                      codec: Codec | None, request_id: str, affinity: str = "") -> Encoded:
         request = vision_pb2.EncodeRequest(
             request_id=request_id, image=image, tiling=convert.tiling_to_pb(tiling),
-            vir=convert.VIR_TO_PB[vir] if vir else 0, codec=convert.CODEC_TO_PB[codec] if codec else 0,
+            vir=convert.VIR_TO_PB[vir.mode] if vir.mode else 0, codec=convert.CODEC_TO_PB[codec] if codec else 0,
+            vir_thresholds=convert.vir_thresholds_to_pb(vir), vir_group_scores=list(vir.group_scores),
         )
         reply = await self._call(lambda stub: stub.Encode(request, timeout=self.call_timeout_s), affinity)
         return Encoded(convert.ref_from_pb(reply.ref), convert.timings_from_pb(reply.timings), reply.cache_hit)
+
+    async def route(self, image: bytes, tiling: TilingOverrides, request_id: str, affinity: str = "") -> Routed:
+        """Router scores of one image's tiles (phase one of a multi-image auto request)."""
+        request = vision_pb2.RouteRequest(request_id=request_id, image=image, tiling=convert.tiling_to_pb(tiling))
+        reply = await self._call(lambda stub: stub.Route(request, timeout=self.call_timeout_s), affinity)
+        return Routed(tuple(reply.compress_scores), convert.timings_from_pb(reply.timings))
 
     async def _call(self, send, affinity: str = ""):
         """A unary call with retries on other replicas (Encode and Info are idempotent)."""
         tried: set[str] = set()
         while True:
-            replica = self.replicas.pick(affinity, exclude=frozenset(tried))
+            replica = await self.replicas.acquire(affinity, exclude=frozenset(tried))
             tried.add(replica.target)
             replica.outstanding += 1
             replica.calls += 1
@@ -150,7 +187,7 @@ class LanguagePool(_Pool):
         )
         tried: set[str] = set()
         while True:
-            replica = self.replicas.pick(exclude=frozenset(tried))
+            replica = await self.replicas.acquire(exclude=frozenset(tried))
             tried.add(replica.target)
             started = False
             try:

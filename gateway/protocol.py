@@ -1,5 +1,6 @@
-"""OpenAI chat-completions wire models (the subset dvd-serve serves, plus extensions:
-`vir`, the tiling limits and `ignore_eos`) and their conversion to the pipeline's `ChatRequest`."""
+"""OpenAI chat-completions wire models (the subset dvd-serve serves, plus extensions: `vir` and
+`vir_thresholds` (InternVL3.5-Flash router), the tiling limits, `ignore_eos`, and `video_url`
+content parts) and their conversion to the pipeline's `ChatRequest`."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from dvd.errors import InvalidRequest
-from dvd.types import SamplingParams, TextPart, TilingOverrides, VirMode
+from dvd.types import SamplingParams, TextPart, TilingOverrides, VirMode, VirOptions
 from gateway.images import ImageSource
 from gateway.pipeline import ChatRequest, ChatTurn
+from gateway.video import VideoSource
 
 
 class ImageURL(BaseModel):
@@ -28,7 +30,26 @@ class ImageContent(BaseModel):
     image_url: ImageURL
 
 
-Content = Annotated[TextContent | ImageContent, Field(discriminator="type")]
+class VideoURL(BaseModel):
+    url: str  # data:video/...;base64,... or file:///abs/path (only under the gateway's --video-dir)
+
+
+class VideoContent(BaseModel):
+    """A video; `num_frames` frames are sampled uniformly (default: the gateway's, 8)."""
+
+    type: Literal["video_url"]
+    video_url: VideoURL
+    num_frames: int | None = Field(default=None, ge=1)
+
+
+Content = Annotated[TextContent | ImageContent | VideoContent, Field(discriminator="type")]
+
+
+class VirThresholds(BaseModel):
+    """Auto-mode router thresholds; unset ones keep the vision service's."""
+
+    relative: float | None = Field(default=None, ge=0, le=1)
+    absolute: float | None = Field(default=None, ge=0, le=1)
 
 
 class ChatMessageIn(BaseModel):
@@ -59,6 +80,7 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     # dvd-serve extensions
     vir: Literal["auto", "off", "max"] | None = None
+    vir_thresholds: VirThresholds | None = None
     min_tiles: int | None = Field(default=None, ge=1, le=40)
     max_tiles: int | None = Field(default=None, ge=1, le=40)
     ignore_eos: bool = False  # as in vLLM: keep generating past EOS (benchmarks with fixed output lengths)
@@ -74,8 +96,12 @@ class ChatCompletionRequest(BaseModel):
         return ChatRequest(
             messages=tuple(_turn(m) for m in self.messages), sampling=sampling, model=self.model,
             tiling=TilingOverrides(min_tiles=self.min_tiles, max_tiles=self.max_tiles),
-            vir=VirMode(self.vir) if self.vir else None, request_id=request_id,
+            vir=self._vir(), request_id=request_id,
         )
+
+    def _vir(self) -> VirOptions:
+        thresholds = self.vir_thresholds or VirThresholds()
+        return VirOptions(VirMode(self.vir) if self.vir else None, thresholds.relative, thresholds.absolute)
 
 
 def _turn(m: ChatMessageIn) -> ChatTurn:
@@ -85,9 +111,12 @@ def _turn(m: ChatMessageIn) -> ChatTurn:
     for c in m.content:
         if isinstance(c, TextContent):
             parts.append(TextPart(c.text))
+            continue
+        if m.role != "user":
+            raise InvalidRequest("only user messages may contain images or videos")
+        if isinstance(c, VideoContent):
+            parts.append(VideoSource(url=c.video_url.url, num_frames=c.num_frames))
         else:
-            if m.role != "user":
-                raise InvalidRequest("only user messages may contain images")
             parts.append(ImageSource(url=c.image_url.url))
     return ChatTurn(m.role, tuple(parts))
 

@@ -25,10 +25,13 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 
-def build_pipeline(cfg: GatewayConfig) -> Pipeline:
+def build_pipeline(cfg: GatewayConfig, vision: VisionPool | None = None,
+                   language: LanguagePool | None = None) -> Pipeline:
+    """The gateway's pipeline; `vision`/`language` replace the gRPC pool clients of cfg's targets
+    (the Ray Serve ingress passes pools over its deployment handles)."""
     redis = RedisStore(cfg.redis_url, cfg.ref_cache_ttl_s) if cfg.redis_url else None
-    return Pipeline(cfg, VisionPool(cfg.vision_targets, cfg.request_timeout_s),
-                    LanguagePool(cfg.language_targets, cfg.request_timeout_s),
+    return Pipeline(cfg, vision or VisionPool(cfg.vision_targets, cfg.request_timeout_s),
+                    language or LanguagePool(cfg.language_targets, cfg.request_timeout_s),
                     ImageLoader(cfg.max_image_bytes, cfg.image_fetch_timeout_s, cfg.allow_http_images),
                     RefCache(cfg.ref_cache_ttl_s, cfg.ref_cache_max_entries, redis), GatewayMetrics(new_registry()))
 

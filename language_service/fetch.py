@@ -89,7 +89,7 @@ class EmbeddingFetcher:
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         if target not in self._channels:
-            self._channels[target] = grpc.aio.insecure_channel(target, options=channel_options())
+            self._channels[target] = grpc.aio.insecure_channel(target, options=channel_options(client=True))
         return self._channels[target]
 
     async def close(self) -> None:

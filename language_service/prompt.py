@@ -2,7 +2,11 @@
 
 The checkpoint's chat template renders each image as one `<IMG_CONTEXT>`; we expand image i
 into `<img>` + `<IMG_CONTEXT>` x n_i + `</img>`, where n_i comes from the image's
-EmbeddingRef (sum of its tiles' tokens: 256 each, 64 for a router-compressed tile)."""
+EmbeddingRef (sum of its tiles' tokens: 256 each, 64 for a router-compressed tile).
+
+A video is its sampled frames, each an image of one tile, rendered as the InternVL model cards
+and transformers' InternVLProcessor render them: "Frame1: <image>\nFrame2: <image>\n..." (the
+template puts the newline after each image)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dvd.errors import InvalidRequest
-from dvd.types import ImagePart, Message, TextPart
+from dvd.types import ImagePart, Message, TextPart, VideoPart
 
 ROLES = ("system", "user", "assistant")
 IMAGE_TOKENS = {"start": "<img>", "end": "</img>", "context": "<IMG_CONTEXT>"}
@@ -44,7 +48,7 @@ class PromptBuilder:
             [self._to_template(m, len(image_tokens)) for m in messages],
             chat_template=self.chat_template, tokenize=False, add_generation_prompt=True,
         )
-        order = [p.index for m in messages for p in m.parts if isinstance(p, ImagePart)]
+        order = [i for m in messages for p in m.parts for i in _image_indices(p)]
         pieces = rendered.split(IMAGE_TOKENS["context"])
         if len(pieces) - 1 != len(order):
             raise InvalidRequest("the chat template did not place every image; check the messages' roles")
@@ -66,11 +70,20 @@ class PromptBuilder:
                 if any(tok in part.text for tok in _RESERVED):
                     raise InvalidRequest("message text must not contain image special tokens like <IMG_CONTEXT>")
                 content.append({"type": "text", "text": part.text})
-            else:
-                if not 0 <= part.index < num_images:
-                    raise InvalidRequest(f"image index {part.index} out of range ({num_images} images)")
+                continue
+            for number, index in enumerate(_image_indices(part), start=1):
+                if not 0 <= index < num_images:
+                    raise InvalidRequest(f"image index {index} out of range ({num_images} images)")
+                if isinstance(part, VideoPart):
+                    content.append({"type": "text", "text": f"Frame{number}: "})
                 content.append({"type": "image"})
         return {"role": message.role, "content": content}
+
+
+def _image_indices(part: TextPart | ImagePart | VideoPart) -> tuple[int, ...]:
+    if isinstance(part, VideoPart):
+        return part.indices
+    return (part.index,) if isinstance(part, ImagePart) else ()
 
 
 def _template_from_files(checkpoint_dir: Path) -> str | None:

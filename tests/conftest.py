@@ -38,6 +38,52 @@ def small_ckpt(checkpoints, tmp_path_factory) -> Path:
     return _checkpoint("small", checkpoints, tmp_path_factory)
 
 
+@pytest.fixture(scope="session")
+def tiny_flash_ckpt(checkpoints, tmp_path_factory) -> Path:
+    return _checkpoint("tiny-flash", checkpoints, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def small_flash_ckpt(checkpoints, tmp_path_factory) -> Path:
+    return _checkpoint("small-flash", checkpoints, tmp_path_factory)
+
+
+def shapes_png(seed: int, width: int = 896, height: int = 896, num_shapes: int = 40) -> bytes:
+    """Seeded coloured rectangles on a coloured ground: tiles that differ from one another (unlike
+    solid colour, whose tiles tie in the ViR router's ranking) without being pure noise."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(num_shapes):
+        x0, y0 = (int(v) for v in rng.integers(0, width, 2))
+        size = rng.integers(20, 300, 2)
+        draw.rectangle([x0, y0, x0 + int(size[0]), y0 + int(size[1])], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def video_bytes(num_frames: int = 16, width: int = 64, height: int = 48, codec: str = "mpeg4") -> bytes:
+    """A small MP4 made in-process with PyAV: frame i is grey level 15*i with a white bar 4*i wide,
+    so every frame differs and its index can be read back from its pixels."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=8)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(num_frames):
+            pixels = np.full((height, width, 3), 15 * i, dtype=np.uint8)
+            pixels[:, : 4 * i] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
 def png_bytes(width: int, height: int, seed: int | None = None, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
     """A solid-colour image, or seeded noise when `seed` is given."""
     if seed is None:
@@ -52,7 +98,7 @@ def png_bytes(width: int, height: int, seed: int | None = None, color: tuple[int
 
 @pytest.fixture
 def redis_server(tmp_path):
-    from tests.redis_server import RedisServer
+    from dvd.local_redis import RedisServer
 
     server = RedisServer(tmp_path / "redis").start()
     yield server

@@ -1,4 +1,5 @@
-"""`python -m vision_service --model DIR`: one vision replica (InternViT + projector)."""
+"""`python -m vision_service --model DIR`: one vision replica (InternViT + projector, + the ViR router on
+InternVL3.5-Flash checkpoints)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,15 @@ def parse_config(argv: list[str] | None = None) -> VisionConfig:
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: a free one)")
     p.add_argument("--codec", choices=[c.value for c in Codec], help="default: the compute dtype")
     p.add_argument("--compression", choices=[c.value for c in Compression], default="none")
-    p.add_argument("--vir", choices=[m.value for m in VirMode], default="auto")
+    p.add_argument("--vir", choices=[m.value for m in VirMode],
+                   help="default router mode (Flash checkpoints); default: auto if the checkpoint sets flash_mode")
+    p.add_argument("--vir-relative-threshold", type=float,
+                   help="auto: compress only tiles scoring above this quantile of the request's scores "
+                        "(default: the checkpoint's flash_relative_threshold)")
+    p.add_argument("--vir-absolute-threshold", type=float,
+                   help="auto: compress only tiles scoring at least this (default: flash_absolute_threshold)")
+    p.add_argument("--route-cache-mib", type=int, default=256,
+                   help="ViT output kept between the Route and Encode of a multi-image auto request")
     p.add_argument("--min-tiles", type=int, default=1)
     p.add_argument("--max-tiles", type=int, default=12)
     p.add_argument("--no-thumbnail", action="store_true")
@@ -27,17 +36,21 @@ def parse_config(argv: list[str] | None = None) -> VisionConfig:
     p.add_argument("--max-queue-images", type=int, default=256)
     p.add_argument("--store-max-mib", type=int, default=2048)
     p.add_argument("--store-ttl-s", type=float, default=600.0)
+    p.add_argument("--linger-s", type=float, default=5.0,
+                   help="after SIGTERM, keep serving embedding fetches this long before draining")
     p.add_argument("--redis", default="", help="redis://host:port/db: also publish embeddings there (shared cache)")
     a = p.parse_args(argv)
     setup_logging(a.log_level)
     return VisionConfig(
         model=a.model, host=a.host, port=a.port, advertise=a.advertise, metrics_port=a.metrics_port,
         device=device_config(a),
-        codec=Codec(a.codec) if a.codec else None, compression=Compression(a.compression), vir=VirMode(a.vir),
+        codec=Codec(a.codec) if a.codec else None, compression=Compression(a.compression),
+        vir=VirMode(a.vir) if a.vir else None, vir_relative_threshold=a.vir_relative_threshold,
+        vir_absolute_threshold=a.vir_absolute_threshold, route_cache_bytes=a.route_cache_mib * 1024 * 1024,
         min_tiles=a.min_tiles, max_tiles=a.max_tiles, use_thumbnail=not a.no_thumbnail,
         max_batch_tiles=a.max_batch_tiles, max_batch_wait_ms=a.max_batch_wait_ms,
         max_queue_images=a.max_queue_images, store_max_bytes=a.store_max_mib * 1024 * 1024,
-        store_ttl_s=a.store_ttl_s, redis_url=a.redis, drain_grace_s=a.drain_grace_s,
+        store_ttl_s=a.store_ttl_s, redis_url=a.redis, linger_s=a.linger_s, drain_grace_s=a.drain_grace_s,
     )
 
 

@@ -2,7 +2,9 @@
 
 The first waiting image opens a batch; more images join until the batch holds
 `max_batch_tiles` tiles or `max_wait_s` has passed. The model runs in one worker thread
-so the event loop keeps accepting requests while the ViT is busy."""
+so the event loop keeps accepting requests while the ViT is busy. The ViT runs over the whole
+batch; each image is then finished on its own slice of the ViT output by the job's `finish`
+(router and projectors, which depend on the image's router mode), in the same thread."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -20,24 +23,30 @@ from dvd.errors import ResourceExhausted, Unavailable
 @dataclass
 class _Job:
     pixel_values: torch.Tensor  # [T, 3, tile, tile]
+    finish: Callable[[torch.Tensor], Any]  # this image's ViT grid [T, side, side, C] -> its result
     future: asyncio.Future
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
 
 
 @dataclass(frozen=True)
+class _Failed:
+    error: Exception
+
+
+@dataclass(frozen=True)
 class BatchResult:
-    features: torch.Tensor  # [T, tokens_per_tile, hidden] on the CPU
+    output: Any  # what the job's `finish` returned
     queue_ns: int
     encode_ns: int
     batch_tiles: int
 
 
 class TileBatcher:
-    """`await submit(pixel_values)` -> BatchResult; call `start()` inside the event loop."""
+    """`await submit(pixel_values, finish)` -> BatchResult; call `start()` inside the event loop."""
 
-    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], max_batch_tiles: int,
+    def __init__(self, vit: Callable[[torch.Tensor], torch.Tensor], max_batch_tiles: int,
                  max_wait_s: float, max_queue: int) -> None:
-        self._encode = encode
+        self._vit = vit
         self.max_batch_tiles = max_batch_tiles
         self.max_wait_s = max_wait_s
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
@@ -65,13 +74,18 @@ class TileBatcher:
         """Images waiting plus images in the batch now running: this replica's load."""
         return self._queue.qsize() + self.images_in_batch
 
-    async def submit(self, pixel_values: torch.Tensor) -> BatchResult:
-        job = _Job(pixel_values, asyncio.get_running_loop().create_future())
+    async def submit(self, pixel_values: torch.Tensor, finish: Callable[[torch.Tensor], Any]) -> BatchResult:
+        """Run the ViT over `pixel_values` [T, 3, tile, tile] in some batch, then `finish` on the result."""
+        job = _Job(pixel_values, finish, asyncio.get_running_loop().create_future())
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             raise ResourceExhausted(f"vision queue is full ({self._queue.maxsize} images waiting)") from None
         return await job.future
+
+    async def run_exclusive(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` in the model thread, between batches (projector-only work on cached ViT output)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -83,7 +97,7 @@ class TileBatcher:
             started = time.perf_counter_ns()
             self.images_in_batch = len(jobs)
             try:
-                features = await loop.run_in_executor(self._executor, self._encode_all, jobs)
+                outputs = await loop.run_in_executor(self._executor, self._encode_all, jobs)
             except Exception as exc:  # noqa: BLE001 - delivered to every waiting caller
                 for job in jobs:
                     if not job.future.done():
@@ -91,7 +105,7 @@ class TileBatcher:
                 continue
             finally:
                 self.images_in_batch = 0
-            self._deliver(jobs, features, started, time.perf_counter_ns() - started)
+            self._deliver(jobs, outputs, started, time.perf_counter_ns() - started)
 
     async def _collect(self) -> list[_Job]:
         jobs = [await self._queue.get()]
@@ -109,18 +123,27 @@ class TileBatcher:
             num_tiles += job.pixel_values.shape[0]
         return jobs
 
-    def _encode_all(self, jobs: list[_Job]) -> torch.Tensor:
+    def _encode_all(self, jobs: list[_Job]) -> list[Any]:
         tiles = torch.cat([j.pixel_values for j in jobs])  # [sum T, 3, tile, tile]
-        chunks = [self._encode(chunk) for chunk in tiles.split(self.max_batch_tiles)]
-        return torch.cat(chunks).cpu()  # [sum T, tokens_per_tile, hidden]
-
-    def _deliver(self, jobs: list[_Job], features: torch.Tensor, started_ns: int, encode_ns: int) -> None:
-        self.batches_run += 1
-        self.tiles_encoded += features.shape[0]
-        offset = 0
+        grid = torch.cat([self._vit(chunk) for chunk in tiles.split(self.max_batch_tiles)])  # [sum T, s, s, C]
+        outputs, offset = [], 0
         for job in jobs:
             n = job.pixel_values.shape[0]
-            if not job.future.done():
-                job.future.set_result(BatchResult(features[offset : offset + n], started_ns - job.enqueued_ns,
-                                                  encode_ns, features.shape[0]))
+            try:
+                outputs.append(job.finish(grid[offset : offset + n]))
+            except Exception as exc:  # noqa: BLE001 - one image's failure is that caller's, not the batch's
+                outputs.append(_Failed(exc))
             offset += n
+        return outputs
+
+    def _deliver(self, jobs: list[_Job], outputs: list[Any], started_ns: int, encode_ns: int) -> None:
+        batch_tiles = sum(job.pixel_values.shape[0] for job in jobs)
+        self.batches_run += 1
+        self.tiles_encoded += batch_tiles
+        for job, output in zip(jobs, outputs):
+            if job.future.done():
+                continue
+            if isinstance(output, _Failed):
+                job.future.set_exception(output.error)
+            else:
+                job.future.set_result(BatchResult(output, started_ns - job.enqueued_ns, encode_ns, batch_tiles))

@@ -1,5 +1,6 @@
-"""The vision service's logic, free of protobuf: bytes -> tiles -> batched ViT ->
-codec -> store, and serving stored blobs back in chunks."""
+"""The vision service's logic, free of protobuf: bytes -> tiles -> batched ViT -> (router) ->
+projector(s) -> codec -> store, and serving stored blobs back in chunks. `route` is the first
+phase of a multi-image `auto` request: ViT + router scores, the ViT grid kept for `encode`."""
 
 from __future__ import annotations
 
@@ -14,18 +15,20 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from dvd import codec as codecs
-from dvd.cache_key import cache_namespace, content_key
+from dvd.cache_key import cache_namespace, content_key, route_key
 from dvd.config import VisionConfig
 from dvd.devices import describe, resolve_device, resolve_dtype
 from dvd.errors import InvalidRequest, ModelNotFound, NotFound, Unavailable
 from dvd.identity import model_identity
 from dvd.redis_store import RedisStore, StoreUnavailable
 from dvd.store import MemoryStore
-from dvd.types import Codec, EmbeddingRef, StageTimings, TilingOverrides, VirMode
+from dvd.types import Codec, EmbeddingRef, StageTimings, TilingOverrides, VirOptions
 from vision_service.batcher import TileBatcher
-from vision_service.encoder import TileEncoder
+from vision_service.encoder import TileEncoder, TileFeatures, VirPlan
 from vision_service.metrics import VisionMetrics
-from vision_service.preprocess import ImageDecodeError, TilingOptions, preprocess
+from vision_service.preprocess import ImageDecodeError, PreprocessedImage, TilingOptions, preprocess
+from vision_service.route_cache import RouteCache
+from vision_service.routing import RouterPolicy
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,13 @@ class EncodeResult:
     num_tiles: int
 
 
+@dataclass(frozen=True)
+class RouteResult:
+    scores: tuple[float, ...]  # each tile's compress score, tiles in order
+    timings: StageTimings
+    cache_hit: bool
+
+
 class VisionCore:
     """Owns the encoder, the batcher and the embedding store of one vision replica."""
 
@@ -52,7 +62,9 @@ class VisionCore:
         self.model_id = model_identity(checkpoint_dir)
         self.store = MemoryStore(cfg.store_max_bytes, cfg.store_ttl_s)
         self.encoder: TileEncoder | None = None
+        self.router: RouterPolicy | None = None
         self.batcher: TileBatcher | None = None
+        self.routes = RouteCache(cfg.route_cache_bytes, cfg.route_grid_ttl_s, cfg.store_ttl_s)
         self.default_codec: Codec = cfg.codec or Codec.FP32
         self.namespace = ""
         self.redis = RedisStore(cfg.redis_url, cfg.store_ttl_s, cfg.redis_chunk_bytes) if cfg.redis_url else None
@@ -63,16 +75,17 @@ class VisionCore:
         dtype = resolve_dtype(self.cfg.device, device)
         self.encoder = TileEncoder(str(self.checkpoint_dir), device, dtype)
         self.encoder.warmup()
+        self.router = RouterPolicy(self.cfg, self.encoder)
         # Ship features in the compute dtype unless told otherwise: lossless, and what DvD does.
         self.default_codec = self.cfg.codec or _CODEC_FOR_DTYPE[str(dtype)]
         self.namespace = cache_namespace(self.model_id, self.default_codec, self.cfg.compression, self.cfg.min_tiles,
-                                         self.cfg.max_tiles, self.cfg.use_thumbnail, self.cfg.vir)
+                                         self.cfg.max_tiles, self.cfg.use_thumbnail, self.router.key_text())
         log.info("vision model %s loaded on %s", self.model_id, describe(device, dtype))
 
     def start(self) -> None:
         if self.encoder is None:
             raise RuntimeError("load() must run before start()")
-        self.batcher = TileBatcher(self.encoder.encode, self.cfg.max_batch_tiles,
+        self.batcher = TileBatcher(self.encoder.vit, self.cfg.max_batch_tiles,
                                    self.cfg.max_batch_wait_ms / 1000, self.cfg.max_queue_images)
         self.batcher.start()
         self.metrics.queue_depth.set_function(lambda: self.batcher.queue_depth)
@@ -83,18 +96,10 @@ class VisionCore:
         if self.redis is not None:
             await self.redis.close()
 
-    async def encode(self, image: bytes, tiling: TilingOverrides, vir: VirMode | None,
+    async def encode(self, image: bytes, tiling: TilingOverrides, vir: VirOptions,
                      codec: Codec | None, model_id: str) -> EncodeResult:
-        if self.batcher is None:
-            raise Unavailable("vision replica is still loading")
-        if model_id and model_id not in (self.model_id, self.model_id.split("@")[0]):
-            raise ModelNotFound(f"this vision replica serves {self.model_id!r}, not {model_id!r}")
-        if not image:
-            raise InvalidRequest("empty image")
-        if len(image) > self.cfg.max_image_bytes:
-            raise InvalidRequest(f"image is {len(image)} bytes; the limit is {self.cfg.max_image_bytes}")
-        options = self._tiling(tiling)
-        mode = self._check_vir(vir or self.cfg.vir)
+        options = self._check(image, tiling, model_id)
+        plan = self.router.plan(vir)
         key = content_key(image, tiling, vir, codec, self.namespace)
         self.metrics.in_flight.inc()
         try:
@@ -103,9 +108,39 @@ class VisionCore:
                 self.metrics.cache_hits.inc()
                 return EncodeResult(cached, StageTimings(), True, len(cached.tile_tokens))
             self.metrics.cache_misses.inc()
-            return await self._encode_miss(key, image, options, mode, codec or self.default_codec)
+            grid_key = route_key(image, tiling, self.namespace) if plan.group else ""
+            return await self._encode_miss(key, image, options, plan, codec or self.default_codec, grid_key)
         finally:
             self.metrics.in_flight.dec()
+
+    async def route(self, image: bytes, tiling: TilingOverrides, model_id: str) -> RouteResult:
+        """ViT + router only: each tile's compress score. The ViT grid stays here (briefly) for the
+        `encode` of the same image that follows, so the ViT runs once per tile."""
+        options = self._check(image, tiling, model_id)
+        self.router.require_router()
+        key = route_key(image, tiling, self.namespace)
+        entry = self.routes.get(key)
+        if entry is not None:
+            return RouteResult(tuple(entry.scores.float().tolist()), StageTimings(), True)
+        started = time.perf_counter_ns()
+        tiles = await self._preprocess(image, options)
+        batch = await self.batcher.submit(tiles.pixel_values, lambda grid: (grid, self.encoder.compress_scores(grid)))
+        grid, scores = batch.output
+        self.routes.put(key, scores, grid)
+        elapsed = time.perf_counter_ns() - started
+        return RouteResult(tuple(scores.float().tolist()),
+                           StageTimings(queue_ns=batch.queue_ns, encode_ns=elapsed - batch.queue_ns), False)
+
+    def _check(self, image: bytes, tiling: TilingOverrides, model_id: str) -> TilingOptions:
+        if self.batcher is None:
+            raise Unavailable("vision replica is still loading")
+        if model_id and model_id not in (self.model_id, self.model_id.split("@")[0]):
+            raise ModelNotFound(f"this vision replica serves {self.model_id!r}, not {model_id!r}")
+        if not image:
+            raise InvalidRequest("empty image")
+        if len(image) > self.cfg.max_image_bytes:
+            raise InvalidRequest(f"image is {len(image)} bytes; the limit is {self.cfg.max_image_bytes}")
+        return self._tiling(tiling)
 
     async def _lookup(self, key: str) -> EmbeddingRef | None:
         """This replica's memory first, then the shared Redis (another replica may have encoded it)."""
@@ -120,18 +155,14 @@ class VisionCore:
             log.warning("embedding cache lookup skipped: %s", exc)
             return None
 
-    async def _encode_miss(self, key: str, image: bytes, options: TilingOptions, vir: VirMode,
-                           codec: Codec) -> EncodeResult:
+    async def _encode_miss(self, key: str, image: bytes, options: TilingOptions, plan: VirPlan,
+                           codec: Codec, grid_key: str) -> EncodeResult:
         started = time.perf_counter_ns()
-        try:
-            tiles = await asyncio.to_thread(preprocess, image, options, self.cfg.max_image_pixels)
-        except ImageDecodeError as exc:
-            raise InvalidRequest(f"cannot decode image: {exc}") from exc
-        batch = await self.batcher.submit(tiles.pixel_values)
-        features = batch.features.reshape(-1, batch.features.shape[-1])  # [T*256, hidden]
+        output, queue_ns, batch_tiles = await self._features(image, options, plan, grid_key)
+        features = output.features  # [sum(tile_tokens), hidden]
         blob = await asyncio.to_thread(codecs.encode, features, codec, self.cfg.compression)
         ref = EmbeddingRef(
-            key=key, location=self.location, tile_tokens=(self.encoder.tokens_per_tile,) * tiles.num_tiles,
+            key=key, location=self.location, tile_tokens=output.tile_tokens,
             codec=codec, shape=(features.shape[0], features.shape[1]), num_bytes=len(blob),
             checksum=codecs.checksum(blob), model_id=self.model_id, compression=self.cfg.compression,
         )
@@ -139,15 +170,35 @@ class VisionCore:
             raise InvalidRequest(f"image embeddings ({len(blob)} bytes) exceed the store's capacity")
         ref = await self._share(ref, blob)
         elapsed = time.perf_counter_ns() - started
-        self._record(tiles.num_tiles, batch.batch_tiles, elapsed)
-        return EncodeResult(ref, StageTimings(queue_ns=batch.queue_ns, encode_ns=elapsed - batch.queue_ns),
-                            False, tiles.num_tiles)
+        self._record(output, batch_tiles, elapsed)
+        return EncodeResult(ref, StageTimings(queue_ns=queue_ns, encode_ns=elapsed - queue_ns),
+                            False, len(output.tile_tokens))
 
-    def _record(self, num_tiles: int, batch_tiles: int, elapsed_ns: int) -> None:
+    async def _features(self, image: bytes, options: TilingOptions, plan: VirPlan,
+                        grid_key: str) -> tuple[TileFeatures, int, int]:
+        """(features, queue ns, tiles in the ViT batch). A routed image whose ViT grid is still
+        here only runs its projectors; anything else runs the ViT in a batch."""
+        entry = self.routes.get(grid_key) if grid_key else None
+        if entry is not None and entry.grid is not None:
+            grid = entry.grid
+            return await self.batcher.run_exclusive(lambda: self.encoder.finish(grid, plan)), 0, 0
+        tiles = await self._preprocess(image, options)
+        batch = await self.batcher.submit(tiles.pixel_values, lambda grid: self.encoder.finish(grid, plan))
+        return batch.output, batch.queue_ns, batch.batch_tiles
+
+    async def _preprocess(self, image: bytes, options: TilingOptions) -> PreprocessedImage:
+        try:
+            return await asyncio.to_thread(preprocess, image, options, self.cfg.max_image_pixels)
+        except ImageDecodeError as exc:
+            raise InvalidRequest(f"cannot decode image: {exc}") from exc
+
+    def _record(self, output: TileFeatures, batch_tiles: int, elapsed_ns: int) -> None:
         m = self.metrics
         m.images.inc()
-        m.tiles.inc(num_tiles)
-        m.batch_tiles.observe(batch_tiles)
+        m.tiles.inc(len(output.tile_tokens))
+        m.compressed_tiles.inc(sum(n < self.encoder.tokens_per_tile for n in output.tile_tokens))
+        if batch_tiles:
+            m.batch_tiles.observe(batch_tiles)
         m.encode_seconds.observe(elapsed_ns / 1e9)
         m.store_bytes.set(self.store.num_bytes)
 
@@ -177,9 +228,10 @@ class VisionCore:
         enc = self.encoder
         return dict(model_id=self.model_id, hidden_size=enc.hidden_size, tile_size=enc.tile_size,
                     tokens_per_tile=enc.tokens_per_tile, codec=self.default_codec,
-                    max_batch_tiles=self.cfg.max_batch_tiles, has_router=False,
+                    max_batch_tiles=self.cfg.max_batch_tiles, has_router=enc.has_router,
                     device=describe(enc.device, enc.dtype), weight_bytes=enc.weight_bytes(),
-                    cache_namespace=self.namespace)
+                    cache_namespace=self.namespace, default_vir=self.router.effective_default,
+                    vir_relative_threshold=self.router.relative, vir_absolute_threshold=self.router.absolute)
 
     def _tiling(self, t: TilingOverrides) -> TilingOptions:
         try:
@@ -191,10 +243,4 @@ class VisionCore:
             )
         except ValueError as exc:
             raise InvalidRequest(f"bad tiling options: {exc}") from exc
-
-    def _check_vir(self, vir: VirMode) -> VirMode:
-        # Checkpoints without the Flash router have one path: every tile keeps all its tokens.
-        if vir is VirMode.MAX:
-            raise InvalidRequest("vir=max needs an InternVL3.5-Flash checkpoint (it has no ViR router)")
-        return VirMode.OFF
 

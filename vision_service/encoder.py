@@ -1,20 +1,32 @@
-"""Tiles -> LLM-space embeddings: InternViT, pixel shuffle, MLP projector.
+"""Tiles -> LLM-space embeddings: InternViT, pixel shuffle, MLP projector; on InternVL3.5-Flash
+checkpoints also the Visual Resolution Router, which sends each tile through either mlp1 (0.5
+shuffle, 256 tokens) or mlp2 (0.25 shuffle, 64 tokens). The ViT runs once per tile; only the
+projector each tile needs runs.
 
-Holds only the vision tower and projector tensors (read from the checkpoint by
-`dvd.checkpoint.build_vision_modules`); never the LLM."""
+Holds only the vision tensors (read by `dvd.checkpoint.build_vision_modules`); never the LLM.
+The three steps are separate (`vit`, `compress_scores`, `project`) because the batcher runs the
+ViT over many images' tiles at once and then finishes each image on its own slice, and because a
+multi-image `auto` request scores every image first and projects once the request's scores are in.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from dvd.checkpoint import build_vision_modules
+from dvd.checkpoint.original import DEFAULT_ABSOLUTE_THRESHOLD, DEFAULT_RELATIVE_THRESHOLD
+from dvd.types import VirMode
+from vision_service.vir import decide
 
 
 def pixel_shuffle(features: torch.Tensor, scale: float) -> torch.Tensor:
     """Space-to-depth as InternVL does it: [B, W, H, C] -> [B, W*s, H*s, C/s^2].
 
-    With scale 0.5 a 32x32 grid of ViT tokens becomes 16x16 = 256 tokens of 4x the width.
-    The view/permute sequence is InternVL's own so features match the reference bit for bit.
+    With scale 0.5 a 32x32 grid of ViT tokens becomes 16x16 = 256 tokens of 4x the width; with
+    0.25 (Flash's mlp2 path) 8x8 = 64 tokens of 16x the width. The view/permute sequence is
+    InternVL's own so features match the reference bit for bit.
     """
     batch, width, height, channels = features.shape
     if (width * scale) % 1 or (height * scale) % 1:
@@ -25,11 +37,32 @@ def pixel_shuffle(features: torch.Tensor, scale: float) -> torch.Tensor:
     return x.permute(0, 2, 1, 3).contiguous()  # [B, W*s, H*s, C/s^2]
 
 
+@dataclass(frozen=True)
+class VirPlan:
+    """How the router treats one image's tiles: the effective mode and thresholds, and the scores
+    of every tile of the request to rank against (empty: the image's own tiles)."""
+
+    mode: VirMode
+    relative: float = DEFAULT_RELATIVE_THRESHOLD
+    absolute: float = DEFAULT_ABSOLUTE_THRESHOLD
+    group: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class TileFeatures:
+    """One image's projected features, tiles in order."""
+
+    features: torch.Tensor  # [sum(tile_tokens), hidden] on the CPU
+    tile_tokens: tuple[int, ...]  # 256 per tile, 64 for a compressed one
+
+
 class TileEncoder:
-    """Runs the vision half of an InternVL checkpoint on batches of 448px tiles."""
+    """Runs the vision half of an InternVL(-Flash) checkpoint on batches of 448px tiles."""
 
     def __init__(self, checkpoint: str, device: torch.device, dtype: torch.dtype) -> None:
-        self.vision_tower, self.projector, self.config = build_vision_modules(checkpoint, dtype=dtype, device=device)
+        modules = build_vision_modules(checkpoint, dtype=dtype, device=device)
+        self.vision_tower, self.projector, self.config = modules.vision_tower, modules.projector, modules.config
+        self.flash = modules.flash  # ViR router + mlp2, or None
         self.device = device
         self.dtype = dtype
         self.downsample_ratio = float(self.config.downsample_ratio)
@@ -39,10 +72,18 @@ class TileEncoder:
         self.tile_size = int(self.config.vision_config.image_size[0])
         patches = self.tile_size // int(self.config.vision_config.patch_size[0])
         self.tokens_per_tile = int((patches * self.downsample_ratio) ** 2)
+        # The published model routes only when its config says flash_mode; the router is usable either way.
+        self.flash_mode = bool(getattr(self.config, "flash_mode", False))
+        self.relative_threshold = float(getattr(self.config, "flash_relative_threshold", DEFAULT_RELATIVE_THRESHOLD))
+        self.absolute_threshold = float(getattr(self.config, "flash_absolute_threshold", DEFAULT_ABSOLUTE_THRESHOLD))
+
+    @property
+    def has_router(self) -> bool:
+        return self.flash is not None
 
     @torch.inference_mode()
-    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values: [T, 3, tile, tile] -> features [T, tokens_per_tile, hidden] on the compute device."""
+    def vit(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values: [T, 3, tile, tile] -> ViT grid [T, side, side, C] on the compute device."""
         pixel_values = pixel_values.to(self.device, self.dtype)
         if self.feature_layer == -1:
             hidden = self.vision_tower(pixel_values=pixel_values).last_hidden_state  # [T, 1 + P, C]
@@ -53,20 +94,70 @@ class TileEncoder:
             hidden = hidden[:, 1:, :]  # [T, P, C]
         num_tiles, num_patches, channels = hidden.shape
         side = int(num_patches**0.5)
-        grid = hidden.reshape(num_tiles, side, side, channels)  # [T, side, side, C]
+        return hidden.reshape(num_tiles, side, side, channels)
+
+    @torch.inference_mode()
+    def compress_scores(self, grid: torch.Tensor) -> torch.Tensor:
+        """grid: [T, side, side, C] -> [T] router compress scores, in the compute dtype."""
+        return self.flash.compress_scores(grid.reshape(grid.shape[0], -1, grid.shape[-1]))
+
+    @torch.inference_mode()
+    def finish(self, grid: torch.Tensor, plan: VirPlan) -> TileFeatures:
+        """Decide each tile's path (router only in auto) and run just the projectors needed."""
+        num_tiles = grid.shape[0]
+        if plan.mode is VirMode.AUTO:
+            scores = self.compress_scores(grid)
+            group = torch.tensor(plan.group, dtype=torch.float32) if plan.group else scores
+            compress = decide(scores, group, plan.relative, plan.absolute)
+        else:
+            compress = torch.full((num_tiles,), plan.mode is VirMode.MAX, dtype=torch.bool, device=grid.device)
+        return self.project(grid, compress)
+
+    @torch.inference_mode()
+    def project(self, grid: torch.Tensor, compress: torch.Tensor) -> TileFeatures:
+        """grid: [T, side, side, C]; compress: [T] bool -> features, mlp2 for compressed tiles, else mlp1."""
+        if not bool(compress.any()):
+            full = self._mlp1(grid)  # [T, 256, H]
+            return TileFeatures(full.reshape(-1, full.shape[-1]).cpu(), (self.tokens_per_tile,) * grid.shape[0])
+        keep = (~compress).nonzero().flatten()
+        squeeze = compress.nonzero().flatten()
+        per_tile: list[torch.Tensor | None] = [None] * grid.shape[0]
+        if keep.numel():
+            for index, features in zip(keep.tolist(), self._mlp1(grid[keep])):  # each [256, H]
+                per_tile[index] = features
+        for index, features in zip(squeeze.tolist(), self._mlp2(grid[squeeze])):  # each [64, H]
+            per_tile[index] = features
+        tile_tokens = tuple(int(f.shape[0]) for f in per_tile)
+        return TileFeatures(torch.cat(per_tile).cpu(), tile_tokens)
+
+    def _mlp1(self, grid: torch.Tensor) -> torch.Tensor:
         shuffled = pixel_shuffle(grid, self.downsample_ratio)  # [T, side/2, side/2, 4C]
-        tokens = shuffled.reshape(num_tiles, -1, shuffled.shape[-1])  # [T, 256, 4C]
-        return self.projector(tokens)  # [T, 256, hidden]
+        return self.projector(shuffled.reshape(grid.shape[0], -1, shuffled.shape[-1]))  # [T, 256, H]
+
+    def _mlp2(self, grid: torch.Tensor) -> torch.Tensor:
+        if self.flash is None:
+            raise RuntimeError("this checkpoint has no mlp2 (not an InternVL3.5-Flash checkpoint)")
+        shuffled = pixel_shuffle(grid, self.downsample_ratio**2)  # [T, side/4, side/4, 16C]
+        return self.flash.mlp2(shuffled.reshape(grid.shape[0], -1, shuffled.shape[-1]))  # [T, 64, H]
+
+    def encode(self, pixel_values: torch.Tensor, plan: VirPlan | None = None) -> TileFeatures:
+        """The whole path for one image's tiles: ViT, router, projectors."""
+        return self.finish(self.vit(pixel_values), plan or VirPlan(VirMode.OFF))
 
     def warmup(self) -> None:
-        """One tile through the whole path, so the first request does not pay for lazy init."""
-        self.encode(torch.zeros(1, 3, self.tile_size, self.tile_size))
+        """One tile through every path, so the first request does not pay for lazy init."""
+        tile = torch.zeros(1, 3, self.tile_size, self.tile_size)
+        modes = (VirMode.OFF, VirMode.AUTO, VirMode.MAX) if self.has_router else (VirMode.OFF,)
+        for mode in modes:
+            self.encode(tile, VirPlan(mode, self.relative_threshold, self.absolute_threshold))
 
     def weight_bytes(self) -> int:
-        tensors = {t.data_ptr(): t for m in (self.vision_tower, self.projector) for t in m.state_dict().values()}
+        modules = [m for m in (self.vision_tower, self.projector, self.flash) if m is not None]
+        tensors = {t.data_ptr(): t for m in modules for t in m.state_dict().values()}
         return sum(t.numel() * t.element_size() for t in tensors.values())
 
     def tensor_names(self) -> list[str]:
         """Every parameter and buffer this process holds (tests assert no LLM tensor is here)."""
         names = [f"vision_tower.{n}" for n, _ in self.vision_tower.state_dict().items()]
-        return names + [f"multi_modal_projector.{n}" for n, _ in self.projector.state_dict().items()]
+        names += [f"multi_modal_projector.{n}" for n, _ in self.projector.state_dict().items()]
+        return names + (list(self.flash.state_dict()) if self.flash is not None else [])

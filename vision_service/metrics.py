@@ -17,6 +17,9 @@ class VisionMetrics:
         self.batch_tiles = Histogram("dvd:vision_batch_tiles", "Tiles per ViT batch", buckets=BATCH_BUCKETS,
                                      registry=registry)
         self.tiles = Counter("dvd:vision_tiles_encoded", "Tiles through the ViT", registry=registry)
+        self.compressed_tiles = Counter("dvd:vision_tiles_compressed",
+                                        "Tiles the ViR router sent through mlp2 (64 tokens instead of 256)",
+                                        registry=registry)
         self.images = Counter("dvd:vision_images_encoded", "Images encoded (cache misses)", registry=registry)
         self.encode_seconds = Histogram("dvd:vision_encode_seconds", "Encode latency of a cache miss (queue included)",
                                         buckets=LATENCY_BUCKETS, registry=registry)

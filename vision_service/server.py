@@ -36,6 +36,7 @@ async def serve(cfg: VisionConfig) -> None:
     await service.set_ready()
     log.info("vision service ready on %s:%d", cfg.host, port)
     try:
-        await service.serve_forever(cfg.drain_grace_s, on_stop=core.stop)
+        # Linger: embeddings encoded just before SIGTERM stay fetchable while their requests finish.
+        await service.serve_forever(cfg.drain_grace_s, on_stop=core.stop, linger_s=cfg.linger_s)
     finally:
         metrics.stop()

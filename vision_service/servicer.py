@@ -15,12 +15,17 @@ class VisionServicer(vision_pb2_grpc.VisionEncoderServicer):
         result = await self.core.encode(
             image=request.image,
             tiling=convert.tiling_from_pb(request.tiling),
-            vir=convert.vir_from_pb(request.vir),
+            vir=convert.vir_options_from_pb(request.vir, request.vir_thresholds, request.vir_group_scores),
             codec=convert.codec_from_pb(request.codec),
             model_id=request.model_id,
         )
         return vision_pb2.EncodeResponse(ref=convert.ref_to_pb(result.ref), timings=convert.timings_to_pb(result.timings),
                                          cache_hit=result.cache_hit, num_tiles=result.num_tiles)
+
+    async def Route(self, request, context):
+        result = await self.core.route(request.image, convert.tiling_from_pb(request.tiling), request.model_id)
+        return vision_pb2.RouteResponse(compress_scores=result.scores, timings=convert.timings_to_pb(result.timings),
+                                        cache_hit=result.cache_hit)
 
     async def FetchEmbedding(self, request, context):
         for offset, chunk, total in self.core.chunks(request.key):
@@ -28,4 +33,5 @@ class VisionServicer(vision_pb2_grpc.VisionEncoderServicer):
 
     async def Info(self, request, context):
         info = self.core.info()
-        return vision_pb2.VisionInfo(**{**info, "codec": convert.CODEC_TO_PB[info["codec"]]})
+        return vision_pb2.VisionInfo(**{**info, "codec": convert.CODEC_TO_PB[info["codec"]],
+                                        "default_vir": convert.VIR_TO_PB[info["default_vir"]]})

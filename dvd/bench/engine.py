@@ -1,24 +1,30 @@
 """`dvd bench engine`: aggregate decode throughput of the continuous-batching engine at several
 concurrencies, side by side in one run on one loaded model.
 
-Method: one language replica's core (`LanguageCore`: tokenizer, chat template, engine thread,
-asyncio bridge; no gRPC) is loaded once. For each concurrency c, c requests with distinct text
-prompts of about `prompt_tokens` tokens are started at once, greedy, `ignore_eos`, exactly
-`max_tokens` tokens each. Decode throughput = tokens generated after each request's first token,
-summed, divided by the time from the moment every request has its first token to the moment the
-last one finishes (prefill excluded). Each concurrency is run `repeats` times after a warm-up
-and the median is reported, with the ratio to concurrency 1."""
+Method: one language replica is loaded exactly as the service loads it (`LanguageCore.load`:
+weights, tokenizer, KV arena, warm-up, engine thread). For each concurrency c, c requests with
+distinct chat prompts of about `prompt_tokens` tokens are submitted to the engine at once,
+greedy, `ignore_eos`, exactly `max_tokens` tokens each; this thread then sleeps until they
+finish (no asyncio or gRPC in the loop: this measures the engine, not the serving stack).
+Decode throughput = tokens generated after each request's first token, summed, divided by the
+time from the moment every request has its first token to the moment the last one finishes
+(prefill excluded). Each concurrency runs `repeats` times after a warm-up; medians are reported
+with the ratio to the first concurrency. One extra run at concurrency 1 without the decode
+batch padding (see `language_service/engine/runner.py`) shows what batch invariance costs a
+single stream."""
 
 from __future__ import annotations
 
-import asyncio
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from dvd.config import DeviceConfig, LanguageConfig
-from dvd.types import Message, SamplingParams, TextPart
+from dvd.types import Delta, Message, SamplingParams, TextPart
+from language_service.detokenizer import IncrementalDetokenizer
+from language_service.engine.sequence import Sequence
 
 WORDS = "the lighthouse keeper watched ships cross the grey northern sea every night".split()
 
@@ -35,67 +41,88 @@ class EngineBenchOptions:
 
 
 @dataclass(frozen=True)
-class EngineBenchRow:
-    concurrency: int
-    decode_tokens_per_s: float
-    per_request_tokens_per_s: float
-    ratio_vs_first: float
+class EngineBenchResult:
+    device: str
+    rates: dict[int, float]  # concurrency -> decode tokens/s (median)
+    unpadded_single: float  # concurrency 1 without the batch-invariance padding
 
 
-def _prompt(index: int, num_tokens: int) -> list[Message]:
-    words = [WORDS[(index + i) % len(WORDS)] for i in range(num_tokens)]
-    return [Message(role="user", parts=(TextPart(f"Request {index}: " + " ".join(words)),))]
+class _Tracker:
+    """Times one request from the engine thread's deltas."""
+
+    def __init__(self) -> None:
+        self.first_s = 0.0
+        self.num_tokens = 0
+        self.error: Exception | None = None
+        self.done = threading.Event()
+
+    def on_delta(self, delta: Delta | Exception) -> None:
+        if isinstance(delta, Exception):
+            self.error = delta
+            self.done.set()
+            return
+        self.first_s = self.first_s or time.perf_counter()
+        self.num_tokens += len(delta.token_ids)
+        if delta.finish_reason is not None:
+            self.done.set()
 
 
-async def _one(core, index: int, opts: EngineBenchOptions) -> tuple[float, float, int]:
-    """(first-token time, finish time, tokens) of one request."""
-    sampling = SamplingParams(max_tokens=opts.max_tokens, ignore_eos=True)
-    first, tokens = 0.0, 0
-    async for delta in core.generate(f"bench-{index}-{time.monotonic_ns()}", _prompt(index, opts.prompt_tokens),
-                                     [], sampling):
-        tokens += len(delta.token_ids)
-        first = first or time.perf_counter()
-    return first, time.perf_counter(), tokens
+def _submit(core, index: int, opts: EngineBenchOptions) -> _Tracker:
+    words = " ".join(WORDS[(index + i) % len(WORDS)] for i in range(opts.prompt_tokens))
+    prompt = core.prompts.build([Message(role="user", parts=(TextPart(f"Request {index}: {words}"),))], [])
+    tracker = _Tracker()
+    core.engine.submit(Sequence(
+        request_id=f"bench-{index}-{time.monotonic_ns()}", prompt_ids=prompt.token_ids, image_features=None,
+        sampling=SamplingParams(max_tokens=opts.max_tokens, ignore_eos=True), max_tokens=opts.max_tokens,
+        detokenizer=IncrementalDetokenizer(core.tokenizer), emit=tracker.on_delta))
+    return tracker
 
 
-async def _decode_rate(core, concurrency: int, opts: EngineBenchOptions) -> float:
-    results = await asyncio.gather(*(_one(core, i, opts) for i in range(concurrency)))
-    all_started = max(first for first, _, _ in results)
-    done = max(end for _, end, _ in results)
-    decode_tokens = sum(tokens - 1 for _, _, tokens in results)
-    return decode_tokens / (done - all_started)
+def _decode_rate(core, concurrency: int, opts: EngineBenchOptions) -> float:
+    trackers = [_submit(core, i, opts) for i in range(concurrency)]
+    for tracker in trackers:
+        if not tracker.done.wait(timeout=3600):
+            raise TimeoutError("benchmark request did not finish")
+        if tracker.error is not None:
+            raise RuntimeError(f"benchmark request failed: {tracker.error}")
+    finished = time.perf_counter()
+    all_started = max(t.first_s for t in trackers)
+    return sum(t.num_tokens - 1 for t in trackers) / (finished - all_started)
 
 
-async def _measure(core, opts: EngineBenchOptions) -> dict[int, float]:
-    await _decode_rate(core, max(opts.concurrency), opts)  # warm-up: allocator, kernels, caches
-    return {c: statistics.median([await _decode_rate(core, c, opts) for _ in range(opts.repeats)])
-            for c in opts.concurrency}
+def _median_rate(core, concurrency: int, opts: EngineBenchOptions) -> float:
+    return statistics.median(_decode_rate(core, concurrency, opts) for _ in range(opts.repeats))
 
 
-def run_engine_bench(opts: EngineBenchOptions) -> tuple[list[EngineBenchRow], str]:
-    """Returns the rows and a description of the device the model ran on."""
+def run_engine_bench(opts: EngineBenchOptions) -> EngineBenchResult:
     from language_service.core import LanguageCore
 
     cfg = LanguageConfig(model=str(opts.checkpoint), device=DeviceConfig(device=opts.device, dtype=opts.dtype),
-                         max_running_seqs=max(opts.concurrency), max_queue=max(opts.concurrency),
-                         default_max_tokens=opts.max_tokens)
+                         max_running_seqs=max(opts.concurrency), max_queue=max(opts.concurrency))
     core = LanguageCore(cfg, opts.checkpoint)
     core.load()
     try:
-        rates = asyncio.run(_measure(core, opts))
+        _decode_rate(core, max(opts.concurrency), opts)  # warm-up: allocator, kernels, caches
+        rates = {c: _median_rate(core, c, opts) for c in opts.concurrency}
+        runner = core.engine.runner
+        padded, runner.decode_row_multiple = runner.decode_row_multiple, 1
+        unpadded = _median_rate(core, 1, opts)
+        runner.decode_row_multiple = padded
     finally:
         core.stop()
-    base = rates[opts.concurrency[0]]
-    rows = [EngineBenchRow(c, r, r / c, r / base) for c, r in rates.items()]
-    return rows, f"{core.device_desc}, attention {core.attn_implementation}"
+    return EngineBenchResult(f"{core.device_desc}, attention {core.attn_implementation}", rates, unpadded)
 
 
-def format_table(rows: list[EngineBenchRow], opts: EngineBenchOptions, device: str) -> str:
-    base = rows[0].concurrency
-    lines = [f"engine decode throughput: {opts.checkpoint.name}, {device}",
-             f"{opts.prompt_tokens}-token prompts, {opts.max_tokens} greedy tokens each, median of {opts.repeats}",
-             "", f"| concurrency | decode tokens/s | tokens/s per request | vs concurrency {base} |",
+def format_table(result: EngineBenchResult, opts: EngineBenchOptions) -> str:
+    base_c = opts.concurrency[0]
+    base = result.rates[base_c]
+    lines = [f"engine decode throughput: {opts.checkpoint.name}, {result.device}",
+             f"about {opts.prompt_tokens}-token prompts, {opts.max_tokens} greedy tokens each, "
+             f"median of {opts.repeats}", "",
+             f"| concurrency | decode tokens/s | tokens/s per request | vs concurrency {base_c} |",
              "|---:|---:|---:|---:|"]
-    lines += [f"| {r.concurrency} | {r.decode_tokens_per_s:.1f} | {r.per_request_tokens_per_s:.1f} | "
-              f"{r.ratio_vs_first:.2f}x |" for r in rows]
+    lines += [f"| {c} | {r:.1f} | {r / c:.1f} | {r / base:.2f}x |" for c, r in result.rates.items()]
+    top = max(result.rates)
+    lines += ["", f"concurrency 1 without batch-invariance padding: {result.unpadded_single:.1f} tokens/s "
+              f"(concurrency {top} is {result.rates[top] / result.unpadded_single:.2f}x that)"]
     return "\n".join(lines)

@@ -23,7 +23,8 @@ def machine() -> dict:
         model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
     import torch
 
-    return {"cpu_model": model, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+    return {"cpu_model": model, "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+            "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
@@ -35,7 +36,7 @@ def options_dict(opts: ServeOptions) -> dict:
 
 
 def point_dict(point: PointResult, with_requests: bool = True) -> dict:
-    out = {"reuse": point.reuse, "mode": point.mode, "value": point.value,
+    out = {"reuse": point.reuse, "mode": point.mode, "value": point.value, "load_average": point.load_average,
            "summary": dataclasses.asdict(point.summary)}
     if with_requests:
         out["requests"] = [dataclasses.asdict(r) for r in point.records]
@@ -97,21 +98,24 @@ def markdown_table(points: list[PointResult]) -> str:
 def plot(series: dict[str, list[PointResult]], path: Path, title: str) -> Path:
     """Two panels against load: TTFT/E2E percentiles, and request + output-token throughput.
     `series` maps a legend label (a deployment, or a reuse value) to its points."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise RuntimeError("plots need matplotlib: pip install 'dvd-serve[bench]', or pass --no-plot") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (lat, thr) = plt.subplots(1, 2, figsize=(12, 4.5))
     tok = thr.twinx()
-    for label, points in series.items():
-        xs = [p.value for p in points]
-        for metric, q, style in (("ttft_ms", "p50", "-o"), ("ttft_ms", "p99", "--o"),
-                                 ("e2e_ms", "p50", "-s"), ("e2e_ms", "p99", "--s")):
-            lat.plot(xs, [getattr(p.summary, metric)[q] for p in points], style,
+    for i, (label, points) in enumerate(series.items()):
+        xs, color = [p.value for p in points], f"C{i}"
+        for metric, q, style in (("ttft_ms", "p50", "-o"), ("ttft_ms", "p99", ":o"),
+                                 ("e2e_ms", "p50", "-s"), ("e2e_ms", "p99", ":s")):
+            lat.plot(xs, [getattr(p.summary, metric)[q] for p in points], style, color=color,
                      label=f"{label} {metric[:-3].upper()} {q}")
-        thr.plot(xs, [p.summary.request_throughput for p in points], "-o", label=f"{label} req/s")
-        tok.plot(xs, [p.summary.output_throughput for p in points], ":^", label=f"{label} out tok/s")
+        thr.plot(xs, [p.summary.request_throughput for p in points], "-o", color=color, label=f"{label} req/s")
+        tok.plot(xs, [p.summary.output_throughput for p in points], "--^", color=color, alpha=0.6,
+                 label=f"{label} out tok/s")
     mode = next(iter(series.values()))[0].mode if series else "load"
     lat.set(xlabel=mode, ylabel="latency (ms)", title="latency percentiles")
     thr.set(xlabel=mode, ylabel="requests / s", title="throughput")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import random
 import socket
 import time
@@ -47,6 +48,7 @@ class ServeOptions:
     slo: Slo = Slo()
     allow_remote: bool = False
     progress: bool = True
+    stream_offset: int = 0  # shifts every point's image stream: repeated runs on one stack stay cache-cold
 
     def __post_init__(self) -> None:
         if self.protocol not in ("rest", "grpc"):
@@ -74,6 +76,7 @@ class PointResult:
     value: float
     summary: Summary
     records: list[RequestRecord]
+    load_average: tuple[float, float, float]  # of the machine at the point's end: others' work shows here
 
 
 def check_target(opts: ServeOptions) -> None:
@@ -157,10 +160,10 @@ async def run_sweep(opts: ServeOptions) -> list[PointResult]:
                                    f"{failed[0].error_kind}: {failed[0].error}")
         for index, (reuse, mode, value) in enumerate(points):
             workload = replace(opts.workload, reuse=reuse)
-            requests = build_requests(workload, opts.num_requests, stream_seed=index)
+            requests = build_requests(workload, opts.num_requests, stream_seed=opts.stream_offset + index)
             label = f"reuse {reuse:.0%}, {mode} {value:g}"
             records = await run_point(opts, client, requests, mode, value, label)
-            results.append(PointResult(reuse, mode, value, summarize(records, opts.slo), records))
+            results.append(PointResult(reuse, mode, value, summarize(records, opts.slo), records, os.getloadavg()))
     finally:
         await client.close()
     return results

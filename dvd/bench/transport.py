@@ -151,3 +151,52 @@ async def _time_redis(blob: bytes, repeats: int, url: str) -> float:
     finally:
         await store.close()
 
+
+
+def register(kinds) -> None:
+    """Add `dvd bench transport` to the `dvd bench` sub-commands."""
+    p = kinds.add_parser("transport", help="codec bytes/cost, loopback transfer rates, cache-hit TTFT")
+    p.add_argument("--hidden", default="896,3584", help="LLM hidden sizes (896: InternVL3-1B, 3584: 8B)")
+    p.add_argument("--tiles", type=int, default=5, help="tiles per codec measurement")
+    p.add_argument("--transfer-tiles", type=int, default=13, help="tiles of the 8B model in the transfer blob")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--preset", default="small", help="checkpoint for the cache-hit TTFT run")
+    p.add_argument("--checkpoint-root", default="checkpoints")
+    p.add_argument("--ttft-images", type=int, default=6, help="distinct 5-tile images (each sent twice)")
+    p.set_defaults(func=main)
+
+
+def main(a) -> int:
+    from pathlib import Path
+    from tempfile import mkdtemp
+
+    from dvd.bench.cache_ttft import bench_cache_ttft
+    from dvd.cli import ensure_checkpoint
+    from dvd.launcher import LocalStack, StackOptions
+    from dvd.local_redis import RedisServer
+    from dvd.bench.workload import ImageSize, synthetic_image
+
+    print("## Codecs: bytes and cost per 448px tile (256 tokens)\n")
+    print("| hidden | codec | bytes/tile | vs bf16 | encode ms/tile | decode ms/tile |\n|---|---|---|---|---|---|")
+    for r in bench_codecs([int(h) for h in a.hidden.split(",")], a.tiles, a.repeats):
+        print(f"| {r.hidden} | {r.codec} | {r.bytes_per_tile:,} | {r.ratio_vs_bf16:.3f}x | "
+              f"{r.encode_ms_per_tile:.2f} | {r.decode_ms_per_tile:.2f} |")
+    num_bytes = a.transfer_tiles * TOKENS_PER_TILE * 3584 * 2
+    redis = RedisServer(Path(mkdtemp(prefix="dvd-bench-redis-"))).start()
+    try:
+        rates = asyncio.run(bench_transfer(num_bytes, a.repeats, redis.url))
+    finally:
+        redis.stop()
+    print(f"\n## Loopback transfer of {num_bytes / 2**20:.1f} MiB ({a.transfer_tiles} tiles, 8B bf16)\n")
+    print("| path | MiB/s | vs plain socket |\n|---|---|---|")
+    for name, rate in rates.items():
+        print(f"| {name} | {rate:,.0f} | {rate / rates['socket']:.2f}x |")
+    checkpoint = ensure_checkpoint(a.preset, Path(a.checkpoint_root))
+    opts = StackOptions(checkpoint=checkpoint, device="cpu", log_dir=Path(mkdtemp(prefix="dvd-bench-logs-")))
+    with LocalStack(opts) as stack:
+        images = [synthetic_image(ImageSize(896, 896), seed=1000 + i).data for i in range(a.ttft_images + 1)]
+        ttft = bench_cache_ttft(stack.grpc_target, images)
+    print(f"\n## TTFT, 5-tile image, {a.preset} preset: cache miss vs hit ({a.ttft_images} images, medians)\n")
+    print(f"| miss ms | hit ms | hit / miss |\n|---|---|---|\n| {ttft['miss_ttft_ms']:.1f} | "
+          f"{ttft['hit_ttft_ms']:.1f} | {ttft['hit_over_miss']:.2f}x |")
+    return 0

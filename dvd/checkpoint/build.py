@@ -10,6 +10,7 @@ CheckpointError listing them, instead of leaving a silently random layer.
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,11 +19,26 @@ from transformers import AutoModelForCausalLM, InternVLConfig, InternVLVisionMod
 from transformers.initialization import no_init_weights
 from transformers.models.internvl.modeling_internvl import InternVLMultiModalProjector
 
+from vision_service.vir import FlashHeads
+
 from .errors import CheckpointError
+from .keys import FLASH_PREFIXES
 from .load import load_language_state, load_model_config, load_vision_state
 
 VISION_PREFIX = "vision_tower."
 PROJECTOR_PREFIX = "multi_modal_projector."
+
+
+@dataclass
+class VisionModules:
+    """The vision half of a checkpoint, in eval mode. The config is included because the vision
+    path also needs its downsample_ratio, vision_feature_layer / select strategy and, for Flash
+    checkpoints, `flash_mode` and the router thresholds."""
+
+    vision_tower: InternVLVisionModel
+    projector: InternVLMultiModalProjector  # mlp1: 256 tokens per tile
+    config: InternVLConfig
+    flash: FlashHeads | None  # ViR router + mlp2 (64 tokens per tile); None without them
 
 
 def build_vision_modules(
@@ -30,20 +46,26 @@ def build_vision_modules(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
-) -> tuple[InternVLVisionModel, InternVLMultiModalProjector, InternVLConfig]:
-    """(InternViT, MLP projector, full InternVLConfig) with the checkpoint's weights, in eval mode.
-
-    The config is returned because the vision path also needs its downsample_ratio,
-    vision_feature_layer / select strategy and image_seq_length. No LLM tensor is read.
-    """
+) -> VisionModules:
+    """InternViT, MLP projector(s) and router with the checkpoint's weights. No LLM tensor is read;
+    every vision tensor must land in a module (a stray one is an error, as a missing one is)."""
     config = copy.deepcopy(load_model_config(ckpt))
+    state = load_vision_state(ckpt, device)
+    has_flash = any(key.startswith(FLASH_PREFIXES) for key in state)
     with _parameters_on_meta():
         vision_tower = InternVLVisionModel._from_config(config.vision_config, attn_implementation=attn_implementation)
         projector = InternVLMultiModalProjector(config)
-    state = load_vision_state(ckpt, device)
+        flash = None
+        if has_flash:
+            flash = FlashHeads(config.vision_config.hidden_size, config.text_config.hidden_size,
+                               config.downsample_ratio)
     _assign(vision_tower, _strip_prefix(state, VISION_PREFIX), dtype, device, f"{ckpt} vision tower")
     _assign(projector, _strip_prefix(state, PROJECTOR_PREFIX), dtype, device, f"{ckpt} projector")
-    return vision_tower.eval(), projector.eval(), config
+    if flash is not None:
+        flash_state = {key: tensor for key, tensor in state.items() if key.startswith(FLASH_PREFIXES)}
+        _assign(flash, flash_state, dtype, device, f"{ckpt} ViR router / mlp2")
+        flash.eval()
+    return VisionModules(vision_tower.eval(), projector.eval(), config, flash)
 
 
 def build_language_model(

@@ -16,7 +16,8 @@ from safetensors import safe_open
 from transformers import AutoConfig, InternVLConfig
 
 from .errors import CheckpointError
-from .keys import Part, rename, selector
+from .keys import Part, rename, selector, split_fused_qkv
+from .original import config_from_original, is_original
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -51,7 +52,16 @@ def resolve_checkpoint(path_or_id: str | Path) -> Path:
 
 
 def load_model_config(ckpt: str | Path) -> InternVLConfig:
-    """The checkpoint's InternVLConfig, with its text_config and vision_config."""
+    """The checkpoint's InternVLConfig, with its text_config and vision_config.
+
+    An original-layout (InternVLChatModel) config.json is translated, without remote code; its
+    Flash fields become `flash_mode` / `flash_relative_threshold` / `flash_absolute_threshold`.
+    """
+    config_path = Path(ckpt) / "config.json"
+    if config_path.is_file():
+        raw = json.loads(config_path.read_text())
+        if is_original(raw):
+            return config_from_original(raw, Path(ckpt))
     config = AutoConfig.from_pretrained(ckpt)
     if not isinstance(config, InternVLConfig):
         raise CheckpointError(f"{ckpt} holds a {type(config).__name__}, not an HF-native InternVL checkpoint")
@@ -82,12 +92,17 @@ def read_tensors(
 
 
 def load_vision_state(ckpt: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """ViT and projector tensors, named `vision_tower.*` and `multi_modal_projector.*`."""
+    """ViT and projector tensors, named `vision_tower.*` and `multi_modal_projector.*`, plus a Flash
+    checkpoint's router and second projector (`pooling_before_gating.*`, `gating.*`, `mlp2.*`).
+    InternViT's fused qkv (original layout) comes back split into q_proj / k_proj / v_proj."""
     _check_known_layout(Path(ckpt))
     state = read_tensors(ckpt, selector(Part.VISION), device)
     if not state:
-        raise CheckpointError(f"{ckpt}: no vision tensors (vision_tower.* / multi_modal_projector.*) found")
-    return state
+        raise CheckpointError(f"{ckpt}: no vision tensors (vision_tower.* / vision_model.* / mlp1.*) found")
+    try:
+        return split_fused_qkv(state)
+    except ValueError as exc:
+        raise CheckpointError(f"{ckpt}: {exc}") from exc
 
 
 def load_language_state(ckpt: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -111,15 +126,14 @@ def load_language_state(ckpt: str | Path, device: str | torch.device = "cpu") ->
 
 
 def _check_known_layout(ckpt: Path) -> None:
-    # A key in neither HF-native layout means another format (InternVLChatModel's vision_model.* /
-    # mlp1.*, a Flash model's mlp2.* / gating.*): loading "our" keys from it and dropping the rest
-    # would serve a model that is silently missing parts.
+    # A key in no known layout means another format: loading "our" keys from it and dropping the
+    # rest would serve a model that is silently missing parts.
     unknown = sorted(key for key in _weight_map(ckpt) if rename(key) is None)
     if unknown:
         shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
         raise CheckpointError(
-            f"{ckpt}: {len(unknown)} tensors in no HF-native InternVL key layout ({shown}); "
-            "expected InternVLForConditionalGeneration keys"
+            f"{ckpt}: {len(unknown)} tensors in no known InternVL key layout ({shown}); expected "
+            "InternVLForConditionalGeneration or original InternVLChatModel keys"
         )
 
 

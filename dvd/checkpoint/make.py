@@ -6,6 +6,10 @@ Auto classes and code paths as OpenGVLab/InternVL3-1B-hf. Two files are written 
 `processor_config.json`, because transformers 5.23 cannot construct InternVLProcessor without
 torchvision (see `processor.py`), and nothing else here would write it; and the
 `preprocessor_config.json` `processor_class` field, which the image processor has no setter for.
+
+Flash presets write the original `InternVLChatModel` layout instead: the same model plus the ViR
+router and mlp2 (`vision_service.vir.FlashHeads`), under original keys (`original.original_state`)
+with the original config.json (`original.original_config`), as OpenGVLab's Flash repos ship them.
 """
 
 import json
@@ -15,9 +19,15 @@ from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, GotOcr2ImageProcessorPil, InternVLForConditionalGeneration
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors.torch import save_file
 from transformers.initialization import no_init_weights
 
+from vision_service.vir import FlashHeads
+
 from .errors import CheckpointError
+from .load import INDEX_FILE
+from .original import original_config, original_state
 from .presets import IMAGE_SEQ_LENGTH, IMAGE_SIZE, PRESETS, Preset, embedding_rows, get_preset, internvl_config
 from .random_init import init_weights_
 from .tokenizer import build_tokenizer
@@ -79,10 +89,32 @@ def write_checkpoint_files(spec: Preset, out_dir: Path, seed: int, max_shard_siz
         pad_token_id=token_ids["<|endoftext|>"],
     )
     # No shard size means one model.safetensors, whatever transformers' default shard size is.
-    model.save_pretrained(out_dir, max_shard_size=max_shard_size or "1000GB")
+    if spec.flash:
+        _save_original_layout(model, spec, out_dir, seed, len(tokenizer), special_ids, max_shard_size or "1000GB")
+    else:
+        model.save_pretrained(out_dir, max_shard_size=max_shard_size or "1000GB")
     tokenizer.save_pretrained(out_dir)
     image_processor().save_pretrained(out_dir)
     _write_processor_files(out_dir)
+
+
+def _save_original_layout(model: InternVLForConditionalGeneration, spec: Preset, out_dir: Path, seed: int,
+                          num_tokens: int, special_ids: list[int], max_shard_size: str) -> None:
+    """The InternVLChatModel layout of a Flash checkpoint: config.json, sharded safetensors, generation config."""
+    config = model.config
+    heads = FlashHeads(config.vision_config.hidden_size, config.text_config.hidden_size, config.downsample_ratio)
+    heads.to(getattr(torch, spec.dtype))
+    init_weights_(heads, seed=seed, num_tokens=num_tokens, special_ids=special_ids)
+    state = original_state(model.state_dict(), heads.state_dict())
+    shards = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
+    for filename, names in shards.filename_to_tensors.items():
+        save_file({name: state[name] for name in names}, out_dir / filename, metadata={"format": "pt"})
+    if shards.is_sharded:
+        index = {"metadata": shards.metadata, "weight_map": shards.tensor_to_filename}
+        (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    raw = original_config(config, spec.dtype, flash=True)
+    (out_dir / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    model.generation_config.save_pretrained(out_dir)
 
 
 def _make_world_readable(directory: Path) -> None:

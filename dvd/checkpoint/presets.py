@@ -5,11 +5,15 @@ under a second on a 2-core CPU), `small` is for CPU benchmarks, and `1b-shape` h
 tensor shapes of OpenGVLab/InternVL3-1B-hf (InternViT-300M + Qwen2.5-0.5B), so memory, transfer
 and throughput numbers measured on it carry over to the real model.
 
+`tiny-flash` / `small-flash` are InternVL3.5-Flash-style: the same widths, a Qwen3 decoder (as in
+InternVL3.5), the ViR router and 64-token projector, written in the original `InternVLChatModel`
+layout with the Flash config fields: the only layout the Flash checkpoints ship in.
+
 Every preset keeps the real model's image geometry: 448px tiles, 14px patches, 1024 ViT tokens per
 tile and pixel shuffle 0.5, so 256 LLM tokens per tile. Only widths and depths shrink.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from transformers import InternVLConfig
@@ -62,6 +66,8 @@ class Preset:
     bpe_vocab_size: int  # byte-level BPE size before the special tokens are appended
     dtype: str  # dtype the safetensors are written in
     max_shard_size: str | None  # None writes a single model.safetensors
+    flash: bool = False  # InternVL3.5-Flash: ViR router + mlp2, original InternVLChatModel layout
+    text_model_type: str = "qwen2"  # "qwen3" for the InternVL3.5-style presets
 
     def __post_init__(self) -> None:
         if self.vision.hidden_size % self.vision.num_attention_heads:
@@ -72,6 +78,8 @@ class Preset:
             raise CheckpointError(f"preset {self.name}: attention heads not divisible by kv heads")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise CheckpointError(f"preset {self.name}: unsupported dtype {self.dtype}")
+        if self.text_model_type not in ("qwen2", "qwen3"):
+            raise CheckpointError(f"preset {self.name}: unsupported text model {self.text_model_type}")
 
 
 PRESETS: dict[str, Preset] = {
@@ -129,6 +137,9 @@ PRESETS: dict[str, Preset] = {
         ),
     )
 }
+# The Flash variants keep their base preset's widths, dtype and sharding.
+for _base in ("tiny", "small"):
+    PRESETS[f"{_base}-flash"] = replace(PRESETS[_base], name=f"{_base}-flash", flash=True, text_model_type="qwen3")
 
 
 def get_preset(name: str) -> Preset:
@@ -158,8 +169,8 @@ def internvl_config(preset: Preset, *, vocab_size: int, token_ids: dict[str, int
     if text.rope_scaling is not None:
         rope = {**text.rope_scaling, "rope_theta": 1000000.0}
     text_config = {
-        "model_type": "qwen2",
-        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": preset.text_model_type,
+        "architectures": [f"{preset.text_model_type.capitalize()}ForCausalLM"],
         "vocab_size": vocab_size,
         "hidden_size": text.hidden_size,
         "intermediate_size": text.intermediate_size,
@@ -180,6 +191,9 @@ def internvl_config(preset: Preset, *, vocab_size: int, token_ids: dict[str, int
         "eos_token_id": token_ids["<|im_end|>"],
         "use_cache": True,
     }
+    if preset.text_model_type == "qwen3":
+        # Qwen3Config defaults head_dim to 128 whatever the width; the presets keep hidden / heads.
+        text_config["head_dim"] = text.hidden_size // text.num_attention_heads
     vision_config = {
         "model_type": "internvl_vision",
         "hidden_size": vision.hidden_size,

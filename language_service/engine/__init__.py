@@ -1,4 +1,9 @@
-"""The decode engine: `Engine.step()` = schedule -> run -> postprocess.
+"""The continuous-batching engine: `Engine.step()` = schedule -> run -> postprocess.
 
-The scheduler decides which sequences run (policy, no tensors); the runner executes the
-model on them (tensors, no policy); `Sequence` is the only thing passed between them."""
+- `scheduler.py` (+ `kv_extents.py`): policy, no tensors. Admission under a running cap and a
+  KV-token budget behind a bounded queue; which prompt chunks and which decodes run this step.
+- `runner.py` (+ `kv_cache.py`, `attention.py`): execution, no policy. Prompt chunks and one
+  batched decode on the transformers model, over a KV arena allocated once.
+- `sampler.py`, `stops.py`: per-request sampling and stop strings; `metrics.py`: Prometheus.
+
+`Sequence` objects (grouped in a `Batch`) are the only thing passed between scheduler and runner."""

@@ -40,6 +40,7 @@ class ModelRunner:
         self.kernel = backend(attn_implementation)
         self.chunk_masks = attn_implementation != "flash_attention_2"  # flash aligns causal bottom-right itself
         self.kv = KVArena(model.config, max_kv_tokens, self.device, self.dtype)
+        self.decode_row_multiple = DECODE_ROW_MULTIPLE  # 1 trades batch invariance for single-stream speed
         self._no_mask = {"full_attention": None}  # precomputed "masks": Qwen2Model builds none of its own
         model.set_attn_implementation(ROW_ATTENTION)
 
@@ -70,7 +71,7 @@ class ModelRunner:
 
     def _decode(self, seqs: list[Sequence]) -> torch.Tensor:
         """The last token of every sequence in one forward; returns logits [len(seqs), vocab]."""
-        padding = -len(seqs) % DECODE_ROW_MULTIPLE
+        padding = -len(seqs) % self.decode_row_multiple
         ids = [s.last_token_id for s in seqs] + [0] * padding
         positions = [s.num_cached_tokens for s in seqs] + [0] * padding
         writes = [s.kv_start + s.num_cached_tokens for s in seqs] + [self.kv.scratch_position] * padding

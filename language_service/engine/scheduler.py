@@ -45,9 +45,6 @@ class Batch:
     def num_prefill_tokens(self) -> int:
         return sum(c.num_tokens for c in self.prefill)
 
-    def __bool__(self) -> bool:
-        return bool(self.decode or self.prefill)
-
 
 class Scheduler:
     def __init__(self, max_running_seqs: int, max_waiting_seqs: int, max_kv_tokens: int,

@@ -55,6 +55,14 @@ FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_ABORT: FinishReason
 
+class VirThresholds(_message.Message):
+    __slots__ = ("relative", "absolute")
+    RELATIVE_FIELD_NUMBER: _ClassVar[int]
+    ABSOLUTE_FIELD_NUMBER: _ClassVar[int]
+    relative: float
+    absolute: float
+    def __init__(self, relative: _Optional[float] = ..., absolute: _Optional[float] = ...) -> None: ...
+
 class EmbeddingRef(_message.Message):
     __slots__ = ("key", "location", "num_tokens", "tile_tokens", "codec", "shape", "num_bytes", "checksum", "model_id", "compression", "fallback_location")
     KEY_FIELD_NUMBER: _ClassVar[int]

@@ -8,12 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ContentPart(_message.Message):
-    __slots__ = ("text", "image_index")
+    __slots__ = ("text", "image_index", "video")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
     text: str
     image_index: int
-    def __init__(self, text: _Optional[str] = ..., image_index: _Optional[int] = ...) -> None: ...
+    video: VideoFrames
+    def __init__(self, text: _Optional[str] = ..., image_index: _Optional[int] = ..., video: _Optional[_Union[VideoFrames, _Mapping]] = ...) -> None: ...
+
+class VideoFrames(_message.Message):
+    __slots__ = ("image_indices",)
+    IMAGE_INDICES_FIELD_NUMBER: _ClassVar[int]
+    image_indices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, image_indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")

@@ -40,6 +40,11 @@ class VisionEncoderStub:
                 request_serializer=protos_dot_v1_dot_vision__pb2.EncodeRequest.SerializeToString,
                 response_deserializer=protos_dot_v1_dot_vision__pb2.EncodeResponse.FromString,
                 _registered_method=True)
+        self.Route = channel.unary_unary(
+                '/dvd.v1.VisionEncoder/Route',
+                request_serializer=protos_dot_v1_dot_vision__pb2.RouteRequest.SerializeToString,
+                response_deserializer=protos_dot_v1_dot_vision__pb2.RouteResponse.FromString,
+                _registered_method=True)
         self.FetchEmbedding = channel.unary_stream(
                 '/dvd.v1.VisionEncoder/FetchEmbedding',
                 request_serializer=protos_dot_v1_dot_vision__pb2.FetchEmbeddingRequest.SerializeToString,
@@ -58,6 +63,15 @@ class VisionEncoderServicer:
 
     def Encode(self, request, context):
         """Tiles, encodes and stores one image; returns a reference to its embeddings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Route(self, request, context):
+        """Runs the ViT and the ViR router over one image's tiles and returns their compress scores:
+        the first phase of a multi-image auto request (Flash checkpoints only). The ViT output is
+        kept briefly, so the Encode of the same image that follows runs only the projectors.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,6 +98,11 @@ def add_VisionEncoderServicer_to_server(servicer, server):
                     servicer.Encode,
                     request_deserializer=protos_dot_v1_dot_vision__pb2.EncodeRequest.FromString,
                     response_serializer=protos_dot_v1_dot_vision__pb2.EncodeResponse.SerializeToString,
+            ),
+            'Route': grpc.unary_unary_rpc_method_handler(
+                    servicer.Route,
+                    request_deserializer=protos_dot_v1_dot_vision__pb2.RouteRequest.FromString,
+                    response_serializer=protos_dot_v1_dot_vision__pb2.RouteResponse.SerializeToString,
             ),
             'FetchEmbedding': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchEmbedding,
@@ -124,6 +143,33 @@ class VisionEncoder:
             '/dvd.v1.VisionEncoder/Encode',
             protos_dot_v1_dot_vision__pb2.EncodeRequest.SerializeToString,
             protos_dot_v1_dot_vision__pb2.EncodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Route(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dvd.v1.VisionEncoder/Route',
+            protos_dot_v1_dot_vision__pb2.RouteRequest.SerializeToString,
+            protos_dot_v1_dot_vision__pb2.RouteResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -161,7 +161,7 @@ def test_tokenizer_training_is_deterministic_across_processes(tiny):
 
 
 def test_refuses_unknown_preset_and_non_empty_directory(tmp_path):
-    assert preset_names() == ["1b-shape", "small", "tiny"]
+    assert preset_names() == ["1b-shape", "small", "small-flash", "tiny", "tiny-flash"]
     with pytest.raises(CheckpointError, match="unknown preset"):
         make_checkpoint("huge", tmp_path / "x")
     (tmp_path / "full").mkdir()

@@ -80,7 +80,8 @@ def test_1b_shape_has_internvl3_1b_shapes_and_splits(tmp_path):
     assert vision["multi_modal_projector.linear_1.weight"].shape == (896, 4096)
     del vision, language
 
-    vision_tower, projector, config = build_vision_modules(ckpt, torch.float32, "cpu")
+    modules = build_vision_modules(ckpt, torch.float32, "cpu")
+    vision_tower, projector, config = modules.vision_tower, modules.projector, modules.config
     language_model = build_language_model(ckpt, torch.float32, "cpu")
     processor = load_processor(ckpt)
     text = processor.apply_chat_template(

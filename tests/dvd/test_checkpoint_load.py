@@ -105,7 +105,8 @@ def test_read_tensors_reads_only_selected_keys(tiny):
 
 def test_split_halves_reproduce_the_full_model(tiny, inputs):
     full = InternVLForConditionalGeneration.from_pretrained(tiny, dtype=torch.float32).eval()
-    vision_tower, projector, config = build_vision_modules(tiny, torch.float32, "cpu")
+    modules = build_vision_modules(tiny, torch.float32, "cpu")
+    vision_tower, projector, config = modules.vision_tower, modules.projector, modules.config
     language_model = build_language_model(tiny, torch.float32, "cpu", attn_implementation="sdpa")
     assert type(language_model).__name__ == "Qwen2ForCausalLM"
     with torch.inference_mode():
@@ -133,7 +134,7 @@ def test_both_key_layouts_load_identically(tiny, tmp_path, layout, num_shards):
     theirs = InternVLForConditionalGeneration.from_pretrained(other, dtype=torch.float32)
     pairs = zip(reference.state_dict().values(), theirs.state_dict().values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
-    vision_tower, _, _ = build_vision_modules(other, torch.float32, "cpu")
+    vision_tower = build_vision_modules(other, torch.float32, "cpu").vision_tower
     assert torch.equal(vision_tower.embeddings.cls_token, reference.model.vision_tower.embeddings.cls_token)
 
 
@@ -177,7 +178,7 @@ def test_strict_loading_names_missing_and_unexpected_tensors(tiny, tmp_path):
 
 def test_keys_of_another_format_are_refused(tiny, tmp_path):
     chat_layout = _copy_with_keys(tiny, tmp_path / "chat", lambda key: key.replace("multi_modal_projector.", "mlp1."))
-    with pytest.raises(CheckpointError, match=r"no HF-native InternVL key layout \(mlp1\."):
+    with pytest.raises(CheckpointError, match=r"no known InternVL key layout \(mlp1\."):
         load_vision_state(chat_layout)
 
 

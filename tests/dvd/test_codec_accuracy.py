@@ -24,7 +24,7 @@ IMAGES = [png_bytes(896, 448, seed=5), png_bytes(448, 448, color=(240, 240, 230)
 def activations(checkpoint) -> torch.Tensor:
     encoder = TileEncoder(str(checkpoint), torch.device("cpu"), torch.float32)
     tiles = torch.cat([preprocess(img, TilingOptions(max_tiles=4)).pixel_values for img in IMAGES])
-    return encoder.encode(tiles).reshape(-1, encoder.hidden_size)  # [tokens, hidden]
+    return encoder.encode(tiles).features  # [tokens, hidden]
 
 
 def check_lossy(x: torch.Tensor, kind: Codec) -> dict:

@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 
 from dvd.checkpoint import load_processor
 from dvd.errors import InvalidRequest
-from dvd.types import ImagePart, Message, TextPart
+from dvd.types import ImagePart, Message, TextPart, VideoPart
 from language_service.prompt import PromptBuilder
 from tests.conftest import png_bytes
 
@@ -53,12 +53,32 @@ def test_compressed_tiles_keep_fewer_placeholders(builder):
     assert prompt.token_ids.count(builder.context_id) == 320
 
 
+def test_video_frames_render_as_the_processor_renders_a_video(builder, processor):
+    """transformers' InternVLProcessor expands `<video>` into "Frame{i}: <img>...</img>" lines
+    (`replace_video_token`), one 256-token tile per frame; ours must be the same ids."""
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    frames = "\n".join(f"Frame{i + 1}: <img>{'<IMG_CONTEXT>' * 256}</img>" for i in range(3))
+    expected = processor.tokenizer(text.replace("<video>", frames), add_special_tokens=False)["input_ids"]
+    prompt = builder.build([Message("user", (VideoPart((0, 1, 2)), TextPart("What happens?")))], [256] * 3)
+    assert prompt.token_ids == expected
+    assert prompt.image_order == [0, 1, 2] and prompt.num_image_tokens == 3 * 256
+
+
+def test_video_and_images_number_in_order(builder):
+    messages = [Message("user", (ImagePart(0), VideoPart((1, 2)), TextPart("x"), ImagePart(3)))]
+    prompt = builder.build(messages, [256, 64, 256, 64])
+    assert prompt.image_order == [0, 1, 2, 3]
+    assert prompt.token_ids.count(builder.context_id) == 640
+
+
 @pytest.mark.parametrize(
     "messages",
     [
         [Message("robot", (TextPart("hi"),))],
         [Message("user", (TextPart("sneaky <IMG_CONTEXT>"),))],
         [Message("user", (ImagePart(2),))],
+        [Message("user", (VideoPart((0, 5)),))],
     ],
 )
 def test_rejects_bad_messages(builder, messages):
