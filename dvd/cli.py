@@ -58,7 +58,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
     try:
         print(f"ready.\n  REST (OpenAI): {stack.base_url}\n  gRPC gateway:  {stack.grpc_target}\n"
               f"  vision pool:   {', '.join(stack.vision_targets)}\n  language pool: {', '.join(stack.language_targets)}\n"
-              f"  model name:    {a.model_name}\nCtrl-C stops everything.", flush=True)
+              f"  model name:    {a.model_name}\n  metrics:       "
+              + "\n                 ".join(f"{p.name} {p.metrics_url}" for p in stack.procs if p.metrics_url)
+              + "\nCtrl-C stops everything.", flush=True)
         while not stop.wait(0.5):
             dead = [p.name for p in stack.procs if p.popen.poll() is not None]
             if dead:

@@ -42,6 +42,14 @@ class MemoryStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def live_bytes(self) -> int:
+        """Drop every expired entry, then the bytes still held (what a metrics scrape reports)."""
+        now = self._clock()
+        with self._lock:
+            for key in [k for k, e in self._entries.items() if e.expires_at <= now]:
+                self._pop(key)
+            return self._num_bytes
+
     def put(self, ref: EmbeddingRef, blob: bytes) -> bool:
         """Store a blob; False when it alone is larger than the cap (not stored)."""
         if len(blob) > self.max_bytes:

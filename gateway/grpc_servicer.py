@@ -36,7 +36,7 @@ def chat_request_from_pb(pb: gateway_pb2.ChatRequest) -> ChatRequest:
     sampling = convert.sampling_from_pb(pb.sampling) if pb.HasField("sampling") else SamplingParams()
     return ChatRequest(
         messages=tuple(turns), sampling=sampling, model=pb.model, tiling=convert.tiling_from_pb(pb.tiling),
-        vir=convert.vir_options_from_pb(pb.vir, pb.vir_thresholds),
+        vir=convert.vir_options_from_pb(pb.vir, pb.vir_thresholds), codec=convert.codec_from_pb(pb.codec),
         request_id=pb.request_id or f"chat-{uuid.uuid4().hex}",
     )
 

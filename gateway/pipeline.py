@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from dvd.cache_key import content_key, route_key
 from dvd.config import GatewayConfig
 from dvd.errors import ModelNotFound, NotFound
-from dvd.types import Delta, SamplingParams, StageTimings, TextPart, TilingOverrides, VirOptions
+from dvd.types import Codec, Delta, SamplingParams, StageTimings, TextPart, TilingOverrides, VirOptions
 from gateway.cache import RefCache
 from gateway.images import ImageLoader, ImageSource
 from gateway.media import MediaImage, load_media, split_media
@@ -35,6 +35,7 @@ class ChatRequest:
     model: str = ""
     tiling: TilingOverrides = field(default_factory=TilingOverrides)  # images; video frames are one tile each
     vir: VirOptions = field(default_factory=VirOptions)
+    codec: Codec | None = None  # None: the vision pool's default
     request_id: str = ""
 
 
@@ -60,13 +61,13 @@ class Pipeline:
         messages, sources = split_media(req.messages, self.videos, self.cfg.max_images_per_request,
                                         self.cfg.max_video_frames)
         images = await load_media(sources, self.images, self.videos, req.tiling)
-        encoded = await self._encode_all(images, req.vir, request_id)
+        encoded = await self._encode_all(images, req.vir, req.codec, request_id)
         self.metrics.record_images(sum(e.cache_hit for e in encoded), sum(not e.cache_hit for e in encoded))
         deltas = self.language.generate(request_id, messages, [e.ref for e in encoded], req.sampling)
         try:
             first = await anext(deltas)
         except NotFound:  # a store evicted the embeddings between encode and fetch: encode again, once
-            encoded = await self._encode_all(images, req.vir, request_id, use_cache=False)
+            encoded = await self._encode_all(images, req.vir, req.codec, request_id, use_cache=False)
             deltas = self.language.generate(request_id, messages, [e.ref for e in encoded], req.sampling)
             first = await anext(deltas)
         async for delta in _prepend(first, deltas):
@@ -78,7 +79,7 @@ class Pipeline:
         if model and model != self.cfg.model_name:
             raise ModelNotFound(f"model {model!r} is not served here; try {self.cfg.model_name!r}")
 
-    async def _encode_all(self, images: list[MediaImage], vir: VirOptions, request_id: str,
+    async def _encode_all(self, images: list[MediaImage], vir: VirOptions, codec: Codec | None, request_id: str,
                           use_cache: bool = True) -> list[Encoded]:
         """Every image concurrently (video frames fan out across replicas like images). In `auto`
         the router ranks each tile against every tile of the request, so with several images
@@ -86,10 +87,12 @@ class Pipeline:
         if not images:
             return []
         info = await self.vision.info()
+        codec = None if codec is info.default_codec else codec
         routing = StageTimings()
         if len(images) > 1 and info.routes(vir.mode):
             vir, routing = await self._route_all(images, vir, info.namespace, request_id)
-        tasks = [self._encode(img, vir, f"{request_id}/{i}", info.namespace, use_cache) for i, img in enumerate(images)]
+        tasks = [self._encode(img, vir, codec, f"{request_id}/{i}", info.namespace, use_cache)
+                 for i, img in enumerate(images)]
         encoded = list(await asyncio.gather(*tasks))
         for e in encoded:
             e.timings.add(routing)
@@ -107,12 +110,12 @@ class Pipeline:
                                encode_ns=max(r.timings.encode_ns for r in routed))
         return replace(vir, group_scores=tuple(s for r in routed for s in r.scores)), slowest
 
-    async def _encode(self, image: MediaImage, vir: VirOptions, request_id: str, namespace: str,
-                      use_cache: bool) -> Encoded:
+    async def _encode(self, image: MediaImage, vir: VirOptions, codec: Codec | None, request_id: str,
+                      namespace: str, use_cache: bool) -> Encoded:
         """A cache hit skips the vision pool; a miss goes to the replica that owns the key
         (without a shared Redis, that replica's memory is the cache), a routed image to the
         replica that holds its ViT output."""
-        key = content_key(image.data, image.tiling, vir, None, namespace)
+        key = content_key(image.data, image.tiling, vir, codec, namespace)
         ref = await self.cache.get(key) if use_cache else None
         if ref is not None:
             return Encoded(ref, StageTimings(), cache_hit=True)
@@ -120,7 +123,7 @@ class Pipeline:
             affinity = route_key(image.data, image.tiling, namespace)
         else:
             affinity = "" if self.cache.redis is not None else key
-        encoded = await self.vision.encode(image.data, image.tiling, vir, None, request_id, affinity=affinity)
+        encoded = await self.vision.encode(image.data, image.tiling, vir, codec, request_id, affinity=affinity)
         self.cache.remember(key, encoded.ref)
         return encoded
 

@@ -54,6 +54,7 @@ class PoolInfo:
     namespace: str  # VisionInfo.cache_namespace
     has_router: bool  # an InternVL3.5-Flash checkpoint: the ViR router can run
     default_vir: VirMode  # the mode a request without `vir` gets
+    default_codec: Codec | None  # VisionInfo.codec: a request naming it shares the default's cache key
 
     def routes(self, mode: VirMode | None) -> bool:
         """Whether a request in `mode` runs the router's auto decision."""
@@ -130,7 +131,7 @@ class VisionPool(_Pool):
         if self._info is None:
             info = await self._call(lambda stub: stub.Info(vision_pb2.VisionInfoRequest(), timeout=10))
             default_vir = convert.vir_from_pb(info.default_vir) or VirMode.OFF
-            self._info = PoolInfo(info.cache_namespace, info.has_router, default_vir)
+            self._info = PoolInfo(info.cache_namespace, info.has_router, default_vir, convert.codec_from_pb(info.codec))
         return self._info
 
     async def namespace(self) -> str:

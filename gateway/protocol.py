@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from dvd.errors import InvalidRequest
-from dvd.types import SamplingParams, TextPart, TilingOverrides, VirMode, VirOptions
+from dvd.types import Codec, SamplingParams, TextPart, TilingOverrides, VirMode, VirOptions
 from gateway.images import ImageSource
 from gateway.pipeline import ChatRequest, ChatTurn
 from gateway.video import VideoSource
@@ -81,6 +81,7 @@ class ChatCompletionRequest(BaseModel):
     # dvd-serve extensions
     vir: Literal["auto", "off", "max"] | None = None
     vir_thresholds: VirThresholds | None = None
+    codec: Literal["fp32", "bf16", "fp16", "fp8", "int8"] | None = None  # image embeddings on the wire
     min_tiles: int | None = Field(default=None, ge=1, le=40)
     max_tiles: int | None = Field(default=None, ge=1, le=40)
     ignore_eos: bool = False  # as in vLLM: keep generating past EOS (benchmarks with fixed output lengths)
@@ -96,7 +97,7 @@ class ChatCompletionRequest(BaseModel):
         return ChatRequest(
             messages=tuple(_turn(m) for m in self.messages), sampling=sampling, model=self.model,
             tiling=TilingOverrides(min_tiles=self.min_tiles, max_tiles=self.max_tiles),
-            vir=self._vir(), request_id=request_id,
+            vir=self._vir(), codec=Codec(self.codec) if self.codec else None, request_id=request_id,
         )
 
     def _vir(self) -> VirOptions:

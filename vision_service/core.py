@@ -61,6 +61,7 @@ class VisionCore:
         self.location = location  # what EmbeddingRef.location says: where to fetch from
         self.model_id = model_identity(checkpoint_dir)
         self.store = MemoryStore(cfg.store_max_bytes, cfg.store_ttl_s)
+        self.metrics.store_bytes.set_function(self.store.live_bytes)  # read at scrape: expiry shows too
         self.encoder: TileEncoder | None = None
         self.router: RouterPolicy | None = None
         self.batcher: TileBatcher | None = None
@@ -100,6 +101,7 @@ class VisionCore:
                      codec: Codec | None, model_id: str) -> EncodeResult:
         options = self._check(image, tiling, model_id)
         plan = self.router.plan(vir)
+        codec = None if codec is self.default_codec else codec  # naming the default shares its key
         key = content_key(image, tiling, vir, codec, self.namespace)
         self.metrics.in_flight.inc()
         try:
@@ -200,7 +202,6 @@ class VisionCore:
         if batch_tiles:
             m.batch_tiles.observe(batch_tiles)
         m.encode_seconds.observe(elapsed_ns / 1e9)
-        m.store_bytes.set(self.store.num_bytes)
 
     async def _share(self, ref: EmbeddingRef, blob: bytes) -> EmbeddingRef:
         """Also publish to Redis when configured; this replica's memory stays the fallback."""

@@ -44,7 +44,7 @@ class ChatTurn(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[_Iterable[_Union[ChatContentPart, _Mapping]]] = ...) -> None: ...
 
 class ChatRequest(_message.Message):
-    __slots__ = ("request_id", "model", "messages", "sampling", "tiling", "vir", "vir_thresholds")
+    __slots__ = ("request_id", "model", "messages", "sampling", "tiling", "vir", "vir_thresholds", "codec")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class ChatRequest(_message.Message):
     TILING_FIELD_NUMBER: _ClassVar[int]
     VIR_FIELD_NUMBER: _ClassVar[int]
     VIR_THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatTurn]
@@ -59,7 +60,8 @@ class ChatRequest(_message.Message):
     tiling: _common_pb2.TilingOptions
     vir: _common_pb2.VirMode
     vir_thresholds: _common_pb2.VirThresholds
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatTurn, _Mapping]]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., tiling: _Optional[_Union[_common_pb2.TilingOptions, _Mapping]] = ..., vir: _Optional[_Union[_common_pb2.VirMode, str]] = ..., vir_thresholds: _Optional[_Union[_common_pb2.VirThresholds, _Mapping]] = ...) -> None: ...
+    codec: _common_pb2.Codec
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatTurn, _Mapping]]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., tiling: _Optional[_Union[_common_pb2.TilingOptions, _Mapping]] = ..., vir: _Optional[_Union[_common_pb2.VirMode, str]] = ..., vir_thresholds: _Optional[_Union[_common_pb2.VirThresholds, _Mapping]] = ..., codec: _Optional[_Union[_common_pb2.Codec, str]] = ...) -> None: ...
 
 class ChatResponse(_message.Message):
     __slots__ = ("request_id", "text", "token_ids", "finish_reason", "usage", "timings", "cached_images")

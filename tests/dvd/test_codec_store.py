@@ -54,3 +54,14 @@ def test_store_expires_by_ttl():
     assert store.get("a") is not None
     now[0] = 10.1
     assert store.get("a") is None and len(store) == 0 and store.num_bytes == 0
+
+
+def test_live_bytes_drops_expired_entries():
+    now = [0.0]
+    store = MemoryStore(max_bytes=1000, ttl_s=10, clock=lambda: now[0])
+    store.put(_ref("a", 100), b"x" * 100)
+    now[0] = 5.0
+    store.put(_ref("b", 50), b"y" * 50)
+    assert store.live_bytes() == 150
+    now[0] = 12.0  # "a" expired, "b" not yet
+    assert store.live_bytes() == 50 and len(store) == 1

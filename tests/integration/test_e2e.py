@@ -32,7 +32,8 @@ def references(tiny_ckpt, small_ckpt):
     return expected
 
 
-def grpc_chat(stack, messages: list[dict], max_tokens: int = MAX_TOKENS) -> tuple[list[int], str, list]:
+def grpc_chat(stack, messages: list[dict], max_tokens: int = MAX_TOKENS,
+              codec: int = common_pb2.CODEC_UNSPECIFIED) -> tuple[list[int], str, list]:
     """Send OpenAI-style messages through Gateway.Chat; returns (token ids, text, responses)."""
     turns = []
     for m in messages:
@@ -43,7 +44,8 @@ def grpc_chat(stack, messages: list[dict], max_tokens: int = MAX_TOKENS) -> tupl
             else:
                 parts.append(gateway_pb2.ChatContentPart(image=gateway_pb2.ImageInput(url=c["image_url"]["url"])))
         turns.append(gateway_pb2.ChatTurn(role=m["role"], content=parts))
-    request = gateway_pb2.ChatRequest(messages=turns, sampling=common_pb2.SamplingParams(max_tokens=max_tokens))
+    request = gateway_pb2.ChatRequest(messages=turns, sampling=common_pb2.SamplingParams(max_tokens=max_tokens),
+                                      codec=codec)
     with grpc.insecure_channel(stack.grpc_target) as channel:
         responses = list(gateway_pb2_grpc.GatewayStub(channel).Chat(request, timeout=120))
     ids = [t for r in responses for t in r.token_ids]
