@@ -131,6 +131,9 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     en.add_argument("--repeats", type=int, default=3, help="runs per concurrency (median reported)")
     en.add_argument("--device", default="auto")
     en.add_argument("--dtype", default="auto")
+    en.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads (0: torch's default, one per core); a replica pinned with --cpus "
+                         "gets one per pinned CPU")
     en.set_defaults(func=cmd_bench_engine)
     transport.register(kinds)
     bench_vir.register(kinds)
@@ -143,7 +146,7 @@ def cmd_bench_engine(a: argparse.Namespace) -> int:
     checkpoint = ensure_checkpoint(a.preset, Path(a.checkpoint_root))
     opts = EngineBenchOptions(checkpoint=Path(checkpoint), concurrency=tuple(int(c) for c in a.concurrency.split(",")),
                               max_tokens=a.max_tokens, prompt_tokens=a.prompt_tokens, repeats=a.repeats,
-                              device=a.device, dtype=a.dtype)
+                              device=a.device, dtype=a.dtype, threads=a.threads)
     print(format_table(run_engine_bench(opts), opts))
     return 0
 

@@ -33,10 +33,10 @@ class ImageLoader:
 
     async def load(self, source: ImageSource) -> bytes:
         if source.data is not None:
-            return self._checked(source.data, "inline image")
+            return checked_size(source.data, "inline image", self.max_bytes)
         url = source.url or ""
         if url.startswith("data:"):
-            return self._checked(decode_data_url(url, "image"), "data: URL image")
+            return checked_size(decode_data_url(url, "image"), "data: URL image", self.max_bytes)
         if url.startswith(("http://", "https://")):
             if not self.allow_http:
                 raise InvalidRequest("http(s) image URLs are disabled on this gateway; send a data: URL")
@@ -46,12 +46,6 @@ class ImageLoader:
     async def close(self) -> None:
         await self._client.aclose()
 
-    def _checked(self, data: bytes, what: str) -> bytes:
-        if not data:
-            raise InvalidRequest(f"{what} is empty")
-        if len(data) > self.max_bytes:
-            raise InvalidRequest(f"{what} is {len(data)} bytes; the limit is {self.max_bytes}")
-        return data
 
     async def _fetch(self, url: str) -> bytes:
         try:
@@ -68,7 +62,7 @@ class ImageLoader:
             raise InvalidRequest(f"fetching image {url!r} took longer than {self.timeout_s} s") from None
         except httpx.HTTPError as exc:
             raise InvalidRequest(f"fetching image {url!r} failed: {exc}") from exc
-        return self._checked(b"".join(chunks), f"image at {url!r}")
+        return checked_size(b"".join(chunks), f"image at {url!r}", self.max_bytes)
 
 
 def decode_data_url(url: str, kind: str) -> bytes:
@@ -81,3 +75,12 @@ def decode_data_url(url: str, kind: str) -> bytes:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidRequest(f"invalid base64 in data: URL: {exc}") from exc
+
+
+def checked_size(data: bytes, what: str, max_bytes: int) -> bytes:
+    """`data` itself, once it is known to be non-empty and within `max_bytes`."""
+    if not data:
+        raise InvalidRequest(f"{what} is empty")
+    if len(data) > max_bytes:
+        raise InvalidRequest(f"{what} is {len(data)} bytes; the limit is {max_bytes}")
+    return data

@@ -23,7 +23,7 @@ from PIL import Image
 
 from dvd.errors import InvalidRequest
 from dvd.types import TilingOverrides
-from gateway.images import decode_data_url
+from gateway.images import checked_size, decode_data_url
 
 # One 448px tile per frame, no thumbnail (a one-tile grid never gets one anyway).
 FRAME_TILING = TilingOverrides(min_tiles=1, max_tiles=1, use_thumbnail=False)
@@ -122,12 +122,12 @@ class VideoLoader:
 
     def _bytes(self, source: VideoSource) -> bytes:
         if source.data is not None:
-            return self._checked(source.data, "inline video")
+            return checked_size(source.data, "inline video", self.max_bytes)
         url = source.url or ""
         if url.startswith("data:"):
-            return self._checked(decode_data_url(url, "video"), "data: URL video")
+            return checked_size(decode_data_url(url, "video"), "data: URL video", self.max_bytes)
         if url.startswith("file:"):
-            return self._checked(self._read_file(url), f"video {url!r}")
+            return checked_size(self._read_file(url), f"video {url!r}", self.max_bytes)
         raise InvalidRequest(f"video_url must be a data: URL or a file:// URL, got {url[:40]!r}")
 
     def _read_file(self, url: str) -> bytes:
@@ -143,9 +143,3 @@ class VideoLoader:
             raise InvalidRequest(f"video {path.name!r} is larger than {self.max_bytes} bytes")
         return path.read_bytes()
 
-    def _checked(self, data: bytes, what: str) -> bytes:
-        if not data:
-            raise InvalidRequest(f"{what} is empty")
-        if len(data) > self.max_bytes:
-            raise InvalidRequest(f"{what} is {len(data)} bytes; the limit is {self.max_bytes}")
-        return data

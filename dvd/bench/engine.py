@@ -38,6 +38,7 @@ class EngineBenchOptions:
     repeats: int = 3
     device: str = "auto"
     dtype: str = "auto"
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,12 @@ def _median_rate(core, concurrency: int, opts: EngineBenchOptions) -> float:
 
 
 def run_engine_bench(opts: EngineBenchOptions) -> EngineBenchResult:
+    import torch
+
     from language_service.core import LanguageCore
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
 
     cfg = LanguageConfig(model=str(opts.checkpoint), device=DeviceConfig(device=opts.device, dtype=opts.dtype),
                          max_running_seqs=max(opts.concurrency), max_queue=max(opts.concurrency))
@@ -110,7 +116,8 @@ def run_engine_bench(opts: EngineBenchOptions) -> EngineBenchResult:
         runner.decode_row_multiple = padded
     finally:
         core.stop()
-    return EngineBenchResult(f"{core.device_desc}, attention {core.attn_implementation}", rates, unpadded)
+    desc = f"{core.device_desc}, attention {core.attn_implementation}, {torch.get_num_threads()} torch threads"
+    return EngineBenchResult(desc, rates, unpadded)
 
 
 def format_table(result: EngineBenchResult, opts: EngineBenchOptions) -> str:

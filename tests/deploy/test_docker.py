@@ -17,7 +17,6 @@ import sys
 import tomllib
 import zipfile
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 import pytest

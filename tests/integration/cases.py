@@ -41,6 +41,34 @@ class Case:
         return conversation, images
 
 
+@dataclass(frozen=True)
+class OpenAIAnswer:
+    """One image question asked twice through the official client: streamed and not."""
+
+    streamed: str
+    finish_reasons: list
+    stream_usage: object
+    whole: object  # the non-streamed ChatCompletion
+
+
+def ask_openai_about_an_image(base_url: str, max_tokens: int = 24) -> OpenAIAnswer:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url, api_key="unused")
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(RED)}},
+                                             {"type": "text", "text": "What colour is this?"}]}]
+    stream = client.chat.completions.create(model="internvl", messages=messages, max_tokens=max_tokens,
+                                            temperature=0, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    return OpenAIAnswer(
+        streamed="".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+        finish_reasons=[c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason],
+        stream_usage=chunks[-1].usage,
+        whole=client.chat.completions.create(model="internvl", messages=messages, max_tokens=max_tokens,
+                                             temperature=0),
+    )
+
+
 def data_url(image: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(image).decode()
 

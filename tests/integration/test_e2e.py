@@ -8,7 +8,7 @@ import pytest
 from openai import OpenAI
 
 from protos.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.integration.cases import CASES, RED, data_url
+from tests.integration.cases import CASES, ask_openai_about_an_image
 from tests.reference import Reference
 
 MAX_TOKENS = 12
@@ -75,21 +75,13 @@ def test_tokens_equal_single_process_reference(stacks, tiny_ckpt, small_ckpt, re
 @pytest.mark.parametrize("monolithic", MODES)
 def test_openai_client_streams_an_image_answer(stacks, tiny_ckpt, small_ckpt, monolithic):
     stack = _stack(stacks, tiny_ckpt, small_ckpt, "tiny", monolithic)
-    client = OpenAI(base_url=stack.base_url, api_key="unused")
-    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(RED)}},
-                                             {"type": "text", "text": "What colour is this?"}]}]
-    stream = client.chat.completions.create(model="internvl", messages=messages, max_tokens=24, temperature=0,
-                                            stream=True, stream_options={"include_usage": True})
-    chunks = list(stream)
-    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    usage = chunks[-1].usage
-    whole = client.chat.completions.create(model="internvl", messages=messages, max_tokens=24, temperature=0)
-    assert streamed == whole.choices[0].message.content
-    assert streamed  # the random model does say something
-    assert finish == [whole.choices[0].finish_reason]
-    assert usage.completion_tokens == whole.usage.completion_tokens
-    assert usage.prompt_tokens == whole.usage.prompt_tokens > 256  # one tile of image placeholders
+    answer = ask_openai_about_an_image(stack.base_url)
+    whole = answer.whole
+    assert answer.streamed == whole.choices[0].message.content
+    assert answer.streamed  # the random model does say something
+    assert answer.finish_reasons == [whole.choices[0].finish_reason]
+    assert answer.stream_usage.completion_tokens == whole.usage.completion_tokens
+    assert answer.stream_usage.prompt_tokens == whole.usage.prompt_tokens > 256  # one tile of image placeholders
 
 
 def test_grpc_reflection_lists_the_services(stacks, tiny_ckpt):

@@ -83,6 +83,31 @@ def test_decode_logits_are_bit_identical_at_any_batch_size(small_kit):
         assert all(torch.equal(a, b) for a, b in zip(rows, crowd_rows)), f"request {key}: logits differ"
 
 
+def test_rows_in_lockstep_stay_bit_identical(small_kit):
+    """Rows in lockstep (same prompt length, so the same number of keys at every step: the case
+    where batching attention across rows is tempting, and where torch's CPU SDPA splits its work
+    differently for a batch than for one row) keep their solo logits bit for bit."""
+    def engine():
+        e = small_kit.engine()
+        e.runner = RecordingRunner(small_kit.model, small_kit.image_token_id, 8192, "sdpa")
+        return e
+
+    def requests(prefix):
+        return [small_kit.request(f"{prefix}{i}", "What is in this image?", 12, num_image_tokens=64, image_seed=i)
+                for i in range(6)]
+
+    crowd = requests("crowd-")
+    assert len({len(r.seq.prompt_ids) for r in crowd}) == 1
+    crowd_engine = engine()
+    drive(crowd_engine, {0: crowd})
+    solo_engine = engine()
+    for request in requests("solo-"):
+        drive(solo_engine, {0: [request]})
+    for key, rows in solo_engine.runner.logits.items():
+        assert all(torch.equal(a, b) for a, b in zip(rows, crowd_engine.runner.logits[key], strict=True)), key
+    assert len({tuple(r.token_ids) for r in crowd}) > 1, "outputs collide: equality is vacuous"
+
+
 @pytest.mark.parametrize("chunk", [64, 100])
 def test_chunked_prefill_equals_unchunked(kit, chunk):
     text = "Describe the picture: " + "waves, rocks and a red light " * 6

@@ -19,7 +19,7 @@ from dvd.ray_serve.local import LocalOptions, LocalRayServe, replica_counts
 from dvd.types import TilingOverrides, VirOptions
 from protos.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, vision_pb2, vision_pb2_grpc
 from tests.conftest import png_bytes
-from tests.integration.cases import CASES, RED, data_url
+from tests.integration.cases import CASES, ask_openai_about_an_image, data_url
 from tests.integration.test_e2e import grpc_chat
 from tests.reference import Reference
 
@@ -66,16 +66,10 @@ def test_greedy_answers_equal_the_single_process_reference(ray_serve, reference)
 
 
 def test_openai_client_streams_an_image_answer(ray_serve):
+    answer = ask_openai_about_an_image(ray_serve.base_url)
+    assert answer.streamed and answer.streamed == answer.whole.choices[0].message.content
+    assert answer.stream_usage.prompt_tokens == answer.whole.usage.prompt_tokens > 256  # one tile of image tokens
     client = OpenAI(base_url=ray_serve.base_url, api_key="unused")
-    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(RED)}},
-                                             {"type": "text", "text": "What colour is this?"}]}]
-    stream = client.chat.completions.create(model="internvl", messages=messages, max_tokens=24, temperature=0,
-                                            stream=True, stream_options={"include_usage": True})
-    chunks = list(stream)
-    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    whole = client.chat.completions.create(model="internvl", messages=messages, max_tokens=24, temperature=0)
-    assert streamed and streamed == whole.choices[0].message.content
-    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens > 256  # one tile of image tokens
     assert [m.id for m in client.models.list()] == ["internvl"]
 
 
