@@ -69,6 +69,7 @@ class VisionCore:
         self.default_codec: Codec = cfg.codec or Codec.FP32
         self.namespace = ""
         self.redis = RedisStore(cfg.redis_url, cfg.store_ttl_s, cfg.redis_chunk_bytes) if cfg.redis_url else None
+        self._encoding: dict[str, asyncio.Task[EncodeResult]] = {}  # content key -> its encode in flight
 
     def load(self) -> None:
         """Blocking: read the vision tensors, warm up. Call before `start()`."""
@@ -109,11 +110,30 @@ class VisionCore:
             if cached is not None:
                 self.metrics.cache_hits.inc()
                 return EncodeResult(cached, StageTimings(), True, len(cached.tile_tokens))
+            if key in self._encoding:
+                return await self._join(self._encoding[key])
             self.metrics.cache_misses.inc()
             grid_key = route_key(image, tiling, self.namespace) if plan.group else ""
-            return await self._encode_miss(key, image, options, plan, codec or self.default_codec, grid_key)
+            task = asyncio.create_task(self._encode_miss(key, image, options, plan, codec or self.default_codec,
+                                                         grid_key))
+            self._encoding[key] = task
+            task.add_done_callback(lambda t: self._encoded(key, t))
+            return await asyncio.shield(task)  # a caller that goes away leaves the encode to the others
         finally:
             self.metrics.in_flight.dec()
+
+    def _encoded(self, key: str, task: asyncio.Task[EncodeResult]) -> None:
+        self._encoding.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: every caller may have gone away before it ended
+
+    async def _join(self, task: asyncio.Task[EncodeResult]) -> EncodeResult:
+        """The same content is being encoded right now (a burst of one image): wait for that encode
+        instead of running the ViT again. Counted and reported as a cache hit; the wait is queue time."""
+        started = time.perf_counter_ns()
+        result = await asyncio.shield(task)
+        self.metrics.cache_hits.inc()
+        return EncodeResult(result.ref, StageTimings(queue_ns=time.perf_counter_ns() - started), True, result.num_tiles)
 
     async def route(self, image: bytes, tiling: TilingOverrides, model_id: str) -> RouteResult:
         """ViT + router only: each tile's compress score. The ViT grid stays here (briefly) for the

@@ -3,12 +3,15 @@ when Redis dies mid-run."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import grpc
 import pytest
 
 from dvd.launcher import LocalStack, StackOptions
 from protos.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.conftest import png_bytes
+from tests.metrics_scrape import scrape
 
 
 def chat(stack, image: bytes, text: str = "Describe it.") -> list:
@@ -33,6 +36,24 @@ def test_repeated_image_is_encoded_once_without_redis(stacks, tiny_ckpt):
     assert second[-1].cached_images == 1 and second[-1].timings.encode_ns == 0
     other = chat(stack, png_bytes(700, 400, seed=12))
     assert other[-1].cached_images == 0
+
+
+def test_a_burst_of_one_image_runs_the_vit_once(stacks, tiny_ckpt):
+    """Six concurrent requests for one new image: the gateway misses six times (nothing is cached
+    yet) and routes all six to the replica that owns the key, which encodes once and lets the
+    others join that encode."""
+    stack = stacks(tiny_ckpt, vision_replicas=2)
+    image = png_bytes(900, 500, seed=31)  # 2x1 grid + thumbnail: 3 tiles
+
+    def encoded() -> float:
+        return sum(scrape(stack.proc(f"vision-{i}").metrics_url)["dvd:vision_images_encoded_total"] for i in (0, 1))
+
+    before = encoded()
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(lambda i: chat(stack, image, f"Question {i}?"), range(6)))
+    assert encoded() - before == 1
+    assert sum(r[-1].cached_images for r in replies) == 5
+    assert all(r[-1].usage.prompt_tokens > 3 * 256 for r in replies)
 
 
 def test_redis_cache_survives_the_vision_replica_and_redis_outage(tiny_ckpt, redis_server, tmp_path):
