@@ -139,7 +139,8 @@ class GatewayConfig:
         _positive(max_image_bytes=self.max_image_bytes, max_images_per_request=self.max_images_per_request,
                   image_fetch_timeout_s=self.image_fetch_timeout_s, request_timeout_s=self.request_timeout_s,
                   max_video_bytes=self.max_video_bytes, default_video_frames=self.default_video_frames,
-                  max_video_frame_pixels=self.max_video_frame_pixels)
+                  max_video_frame_pixels=self.max_video_frame_pixels, ref_cache_ttl_s=self.ref_cache_ttl_s,
+                  ref_cache_max_entries=self.ref_cache_max_entries)
         if not self.default_video_frames <= self.max_video_frames:
             raise ValueError(f"default_video_frames ({self.default_video_frames}) exceeds max_video_frames "
                              f"({self.max_video_frames})")

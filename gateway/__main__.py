@@ -30,6 +30,9 @@ def parse_config(argv: list[str] | None = None) -> GatewayConfig:
     p.add_argument("--video-frames", type=int, default=8, help="frames sampled per video unless the request says")
     p.add_argument("--max-video-frames", type=int, default=64, help="most video frames in one request")
     p.add_argument("--redis", default="", help="redis://host:port/db of the shared embedding cache")
+    p.add_argument("--ref-cache-ttl-s", type=float, default=300.0,
+                   help="how long the gateway reuses an embedding ref; keep it below the vision --store-ttl-s")
+    p.add_argument("--ref-cache-entries", type=int, default=100_000, help="most refs the gateway remembers")
     p.add_argument("--drain-grace-s", type=float, default=30.0)
     p.add_argument("--log-level", default="INFO")
     add_cpus(p)
@@ -43,6 +46,7 @@ def parse_config(argv: list[str] | None = None) -> GatewayConfig:
         image_fetch_timeout_s=a.image_fetch_timeout_s, allow_http_images=not a.no_http_images, redis_url=a.redis,
         video_dir=a.video_dir, max_video_bytes=int(a.max_video_mib * 1024 * 1024),
         default_video_frames=a.video_frames, max_video_frames=a.max_video_frames, drain_grace_s=a.drain_grace_s,
+        ref_cache_ttl_s=a.ref_cache_ttl_s, ref_cache_max_entries=a.ref_cache_entries,
     )
 
 

@@ -81,7 +81,8 @@ class RayVisionPool(_HandlePool):
         """The pool's model facts (the replicas' `info()`), asked once."""
         if self._pool_info is None:
             info = await self._info()
-            self._pool_info = PoolInfo(info["cache_namespace"], info["has_router"], info["default_vir"] or VirMode.OFF)
+            self._pool_info = PoolInfo(info["cache_namespace"], info["has_router"], info["default_vir"] or VirMode.OFF,
+                                       info["codec"])
         return self._pool_info
 
     async def namespace(self) -> str:
