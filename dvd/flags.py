@@ -19,6 +19,8 @@ def add_common(parser: argparse.ArgumentParser, default_port: int) -> None:
     parser.add_argument("--drain-grace-s", type=float, default=30.0, help="seconds to finish in-flight work on SIGTERM")
     parser.add_argument("--log-level", default="INFO")
     add_cpus(parser)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch compute threads (0: one per pinned CPU, else torch's default: one per core)")
 
 
 def add_cpus(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +60,12 @@ def device_config(args: argparse.Namespace) -> DeviceConfig:
     """The device flags as a DeviceConfig. Every model service calls this once, at startup in its
     main thread, before it loads anything, so this is also where `--cpus` takes effect."""
     pin_cpus(parse_cpus(getattr(args, "cpus", "")))
+    if getattr(args, "threads", 0) < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if getattr(args, "threads", 0):
+        import torch  # model services only: the gateway never imports torch
+
+        torch.set_num_threads(args.threads)
     return DeviceConfig(device=args.device, dtype=args.dtype, attn_implementation=getattr(args, "attn_implementation", "auto"))
 
 

@@ -44,6 +44,10 @@ class StackOptions:
     language_cpus: tuple[int, ...] = ()
     gateway_cpus: tuple[int, ...] = ()
     monolithic_cpus: tuple[int, ...] = ()
+    # torch threads of each unpinned model process; 0: torch's default (one per core). Splitting the
+    # cores among the processes was measured slower on 2 cores: the busy stage (vision) gets both
+    # while the other idles (BENCHMARKS.md, "Threads")
+    threads: int = 0
     vision_args: list[str] = field(default_factory=list)
     language_args: list[str] = field(default_factory=list)
     gateway_args: list[str] = field(default_factory=list)
@@ -151,6 +155,8 @@ class LocalStack:
         cpus = {"vision": self.opts.vision_cpus, "language": self.opts.language_cpus, "gateway": self.opts.gateway_cpus,
                 "monolithic": self.opts.monolithic_cpus}[name.split("-")[0]]
         args = args + (["--cpus", ",".join(map(str, cpus))] if cpus else [])
+        if module != "gateway" and not cpus and self.opts.threads:
+            args = args + ["--threads", str(self.opts.threads)]
         popen = subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT if out else None)
         metrics_url = ""
         if "--metrics-port" in args:

@@ -68,8 +68,9 @@ class LanguageCore:
         engine.metrics = self.metrics  # the warm-up is not traffic: count from here
         self.engine = engine
         self.engine.start()
-        log.info("language model %s loaded on %s (%s); KV arena %d tokens (%.0f MiB)", self.model_id,
-                 self.device_desc, self.attn_implementation, self.cfg.max_kv_tokens, runner.kv.num_bytes / 2**20)
+        log.info("language model %s loaded on %s (%s), %d torch threads; KV arena %d tokens (%.0f MiB)",
+                 self.model_id, self.device_desc, self.attn_implementation, torch.get_num_threads(),
+                 self.cfg.max_kv_tokens, runner.kv.num_bytes / 2**20)
 
     def stop(self) -> None:
         if self.engine is not None:

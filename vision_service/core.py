@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from prometheus_client import CollectorRegistry
 
 from dvd import codec as codecs
@@ -82,7 +83,8 @@ class VisionCore:
         self.default_codec = self.cfg.codec or _CODEC_FOR_DTYPE[str(dtype)]
         self.namespace = cache_namespace(self.model_id, self.default_codec, self.cfg.compression, self.cfg.min_tiles,
                                          self.cfg.max_tiles, self.cfg.use_thumbnail, self.router.key_text())
-        log.info("vision model %s loaded on %s", self.model_id, describe(device, dtype))
+        log.info("vision model %s loaded on %s, %d torch threads", self.model_id, describe(device, dtype),
+                 torch.get_num_threads())
 
     def start(self) -> None:
         if self.encoder is None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 DVD = [sys.executable, "-m", "dvd.cli"]
 
@@ -102,3 +103,17 @@ def test_bench_compare_runs_every_deployment(tiny_ckpt, tmp_path):
     assert [r["setting"] for r in data["ratios"]] == ["paper", "equal-cores"]
     assert all(r["request_throughput_ratio"] > 0 for r in data["ratios"])
     assert (tmp_path / "compare.png").stat().st_size > 0
+
+
+def test_threads_reach_every_model_process(stacks, tiny_ckpt):
+    """Unpinned model processes run torch's default (one thread per core) unless the stack says
+    `threads`; the services log the count they run with."""
+    expected = torch.get_num_threads()
+    stack = stacks(tiny_ckpt)
+    for name in ("vision-0", "language-0"):
+        log = (stack.opts.log_dir / f"{name}.log").read_text()
+        assert f"{expected} torch threads" in log, log[-2000:]
+    stack = stacks(tiny_ckpt, threads=3)
+    for name in ("vision-0", "language-0"):
+        log = (stack.opts.log_dir / f"{name}.log").read_text()
+        assert "3 torch threads" in log, log[-2000:]
