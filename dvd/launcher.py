@@ -46,7 +46,7 @@ class StackOptions:
     monolithic_cpus: tuple[int, ...] = ()
     # torch threads of each unpinned model process; 0: torch's default (one per core). Splitting the
     # cores among the processes was measured slower on 2 cores: the busy stage (vision) gets both
-    # while the other idles (BENCHMARKS.md, "Threads")
+    # while the other idles (BENCHMARKS.md, "Threads per process")
     threads: int = 0
     vision_args: list[str] = field(default_factory=list)
     language_args: list[str] = field(default_factory=list)
