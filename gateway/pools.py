@@ -16,8 +16,17 @@ import grpc
 
 from dvd import convert
 from dvd.errors import from_grpc_error
-from dvd.types import (Codec, Delta, EmbeddingRef, Message, SamplingParams, StageTimings, TilingOverrides, VirMode,
-                       VirOptions)
+from dvd.types import (
+    Codec,
+    Delta,
+    EmbeddingRef,
+    Message,
+    SamplingParams,
+    StageTimings,
+    TilingOverrides,
+    VirMode,
+    VirOptions,
+)
 from gateway.discovery import from_spec
 from gateway.replicas import Replica, ReplicaSet
 from protos.v1 import language_pb2, language_pb2_grpc, vision_pb2, vision_pb2_grpc

@@ -171,10 +171,10 @@ def main(a) -> int:
     from tempfile import mkdtemp
 
     from dvd.bench.cache_ttft import bench_cache_ttft
+    from dvd.bench.workload import ImageSize, synthetic_image
     from dvd.cli import ensure_checkpoint
     from dvd.launcher import LocalStack, StackOptions
     from dvd.local_redis import RedisServer
-    from dvd.bench.workload import ImageSize, synthetic_image
 
     print("## Codecs: bytes and cost per 448px tile (256 tokens)\n")
     print("| hidden | codec | bytes/tile | vs bf16 | encode ms/tile | decode ms/tile |\n|---|---|---|---|---|---|")

@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, GotOcr2ImageProcessorPil, InternVLForConditionalGeneration
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import save_file
+from transformers import GenerationConfig, GotOcr2ImageProcessorPil, InternVLForConditionalGeneration
 from transformers.initialization import no_init_weights
 
 from vision_service.vir import FlashHeads

@@ -14,12 +14,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import tomllib
 import zipfile
 from concurrent import futures
 
 import grpc
 import pytest
+import tomllib
 from dockerfile_parse import DockerfileParser
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 

@@ -14,6 +14,7 @@ import pytest
 from gateway.discovery import DnsDiscovery, KubernetesDiscovery, StaticDiscovery, from_spec
 from tests.fake_kube_api import NS, FakeApiServer, api_server, endpoint_slice
 
+
 @contextlib.asynccontextmanager
 async def discovering(discovery):
     changes: asyncio.Queue[frozenset[str]] = asyncio.Queue()

@@ -9,7 +9,15 @@ import grpc
 import httpx
 import pytest
 
-from protos.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, language_pb2, language_pb2_grpc, vision_pb2, vision_pb2_grpc
+from protos.v1 import (
+    common_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    language_pb2,
+    language_pb2_grpc,
+    vision_pb2,
+    vision_pb2_grpc,
+)
 from tests.integration.cases import RED, data_url
 
 GOOD = {"model": "internvl", "max_tokens": 4, "temperature": 0,
