@@ -19,8 +19,11 @@ def cache_namespace(model_id: str, codec: Codec, compression: Compression, min_t
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def content_key(image: bytes, tiling: TilingOverrides, vir: VirOptions, codec: Codec | None, namespace: str) -> str:
-    """blake2b-128 of the image bytes, the request's overrides and the pool's namespace."""
+def content_key(image: bytes, tiling: TilingOverrides, vir: VirOptions, codec: Codec | None, namespace: str,
+                default_codec: Codec | None = None) -> str:
+    """blake2b-128 of the image bytes, the request's overrides and the pool's namespace. A request
+    that names the pool's default codec gets the same key as one that names none."""
+    codec = None if codec is default_codec else codec
     digest = hashlib.blake2b(image, digest_size=16)
     overrides = (f"|{tiling.min_tiles}|{tiling.max_tiles}|{tiling.use_thumbnail}"
                  f"|{vir.key_text()}|{codec.value if codec else ''}|{namespace}")

@@ -18,7 +18,7 @@ from gateway.cache import RefCache
 from gateway.images import ImageLoader, ImageSource
 from gateway.media import MediaImage, load_media, split_media
 from gateway.metrics import GatewayMetrics
-from gateway.pools import Encoded, LanguagePool, VisionPool
+from gateway.pools import Encoded, LanguagePool, PoolInfo, VisionPool
 from gateway.video import VideoLoader, VideoSource
 
 
@@ -87,11 +87,10 @@ class Pipeline:
         if not images:
             return []
         info = await self.vision.info()
-        codec = None if codec is info.default_codec else codec
         routing = StageTimings()
         if len(images) > 1 and info.routes(vir.mode):
             vir, routing = await self._route_all(images, vir, info.namespace, request_id)
-        tasks = [self._encode(img, vir, codec, f"{request_id}/{i}", info.namespace, use_cache)
+        tasks = [self._encode(img, vir, codec, f"{request_id}/{i}", info, use_cache)
                  for i, img in enumerate(images)]
         encoded = list(await asyncio.gather(*tasks))
         for e in encoded:
@@ -111,16 +110,16 @@ class Pipeline:
         return replace(vir, group_scores=tuple(s for r in routed for s in r.scores)), slowest
 
     async def _encode(self, image: MediaImage, vir: VirOptions, codec: Codec | None, request_id: str,
-                      namespace: str, use_cache: bool) -> Encoded:
+                      info: PoolInfo, use_cache: bool) -> Encoded:
         """A cache hit skips the vision pool; a miss goes to the replica that owns the key
         (without a shared Redis, that replica's memory is the cache), a routed image to the
         replica that holds its ViT output."""
-        key = content_key(image.data, image.tiling, vir, codec, namespace)
+        key = content_key(image.data, image.tiling, vir, codec, info.namespace, info.default_codec)
         ref = await self.cache.get(key) if use_cache else None
         if ref is not None:
             return Encoded(ref, StageTimings(), cache_hit=True)
         if vir.group_scores:
-            affinity = route_key(image.data, image.tiling, namespace)
+            affinity = route_key(image.data, image.tiling, info.namespace)
         else:
             affinity = "" if self.cache.redis is not None else key
         encoded = await self.vision.encode(image.data, image.tiling, vir, codec, request_id, affinity=affinity)

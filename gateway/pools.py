@@ -143,10 +143,6 @@ class VisionPool(_Pool):
             self._info = PoolInfo(info.cache_namespace, info.has_router, default_vir, convert.codec_from_pb(info.codec))
         return self._info
 
-    async def namespace(self) -> str:
-        """The pool's cache namespace (VisionInfo.cache_namespace)."""
-        return (await self.info()).namespace
-
     async def encode(self, image: bytes, tiling: TilingOverrides, vir: VirOptions,
                      codec: Codec | None, request_id: str, affinity: str = "") -> Encoded:
         request = vision_pb2.EncodeRequest(

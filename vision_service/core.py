@@ -104,8 +104,7 @@ class VisionCore:
                      codec: Codec | None, model_id: str) -> EncodeResult:
         options = self._check(image, tiling, model_id)
         plan = self.router.plan(vir)
-        codec = None if codec is self.default_codec else codec  # naming the default shares its key
-        key = content_key(image, tiling, vir, codec, self.namespace)
+        key = content_key(image, tiling, vir, codec, self.namespace, self.default_codec)
         self.metrics.in_flight.inc()
         try:
             cached = await self._lookup(key)

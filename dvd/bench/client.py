@@ -15,6 +15,7 @@ import httpx
 
 from dvd.bench.metrics import STAGES, RequestRecord, inter_token_latencies
 from dvd.bench.workload import BenchRequest
+from dvd.grpc_server import channel_options
 from protos.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 
@@ -99,9 +100,7 @@ class GrpcClient:
     """`dvd.v1.Gateway/Chat` (server streaming), ignore_eos, greedy."""
 
     def __init__(self, target: str, model: str, timeout_s: float) -> None:
-        options = [("grpc.max_send_message_length", 64 * 1024 * 1024),
-                   ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        self.channel = grpc.aio.insecure_channel(target, options=options)
+        self.channel = grpc.aio.insecure_channel(target, options=channel_options(client=True))
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
         self.model, self.timeout_s = model, timeout_s
 

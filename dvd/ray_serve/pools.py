@@ -85,9 +85,6 @@ class RayVisionPool(_HandlePool):
                                        info["codec"])
         return self._pool_info
 
-    async def namespace(self) -> str:
-        return (await self.info()).namespace
-
     async def encode(self, image: bytes, tiling: TilingOverrides, vir: VirOptions,
                      codec: Codec | None, request_id: str, affinity: str = "") -> Encoded:
         with _domain_errors(self.pool):

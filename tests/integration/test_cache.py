@@ -64,7 +64,7 @@ def test_redis_cache_survives_the_vision_replica_and_redis_outage(tiny_ckpt, red
         first = chat(stack, image)
         assert first[-1].cached_images == 0
         # The vision replica goes away: the repeated image is served from Redis with no vision call.
-        vision = next(p for p in stack.procs if p.name == "vision-0")
+        vision = stack.proc("vision-0")
         vision.popen.kill()
         vision.popen.wait()
         again = chat(stack, image)
