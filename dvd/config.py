@@ -53,7 +53,7 @@ class VisionConfig:
     use_thumbnail: bool = True
     max_image_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 64 * 1024 * 1024
-    max_batch_tiles: int = 32
+    max_batch_tiles: int = 0  # tiles per ViT forward; 0: by device (vision_service.core.AUTO_BATCH_TILES)
     max_batch_wait_ms: float = 5.0
     max_queue_images: int = 256
     store_max_bytes: int = 2 * 1024**3
@@ -66,13 +66,13 @@ class VisionConfig:
     drain_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
-        _positive(redis_chunk_bytes=self.redis_chunk_bytes, max_batch_tiles=self.max_batch_tiles, max_queue_images=self.max_queue_images,
+        _positive(redis_chunk_bytes=self.redis_chunk_bytes, max_queue_images=self.max_queue_images,
                   store_max_bytes=self.store_max_bytes, store_ttl_s=self.store_ttl_s,
                   fetch_chunk_bytes=self.fetch_chunk_bytes, max_image_bytes=self.max_image_bytes)
         if not 1 <= self.min_tiles <= self.max_tiles:
             raise ValueError(f"need 1 <= min_tiles <= max_tiles, got {self.min_tiles}, {self.max_tiles}")
-        if self.max_batch_wait_ms < 0:
-            raise ValueError("max_batch_wait_ms must be >= 0")
+        if self.max_batch_wait_ms < 0 or self.max_batch_tiles < 0:
+            raise ValueError("max_batch_wait_ms and max_batch_tiles must be >= 0")
         for name in ("vir_relative_threshold", "vir_absolute_threshold"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:

@@ -31,7 +31,8 @@ def parse_config(argv: list[str] | None = None) -> VisionConfig:
     p.add_argument("--min-tiles", type=int, default=1)
     p.add_argument("--max-tiles", type=int, default=12)
     p.add_argument("--no-thumbnail", action="store_true")
-    p.add_argument("--max-batch-tiles", type=int, default=32)
+    p.add_argument("--max-batch-tiles", type=int, default=0,
+                   help="tiles per ViT forward (images join a batch while they fit); 0: 2 on CPU, 32 on GPU")
     p.add_argument("--max-batch-wait-ms", type=float, default=5.0)
     p.add_argument("--max-queue-images", type=int, default=256)
     p.add_argument("--store-max-mib", type=int, default=2048)

@@ -1,7 +1,9 @@
 """Batches tiles from concurrent Encode calls into bounded ViT batches.
 
-The first waiting image opens a batch; more images join until the batch holds
-`max_batch_tiles` tiles or `max_wait_s` has passed. The model runs in one worker thread
+The first waiting image opens a batch; more images join while they fit in `max_batch_tiles`
+tiles, until `max_wait_s` has passed. An image that does not fit waits for the next batch (so
+every image in a batch is delivered one ViT forward after the batch starts, not several); an
+image bigger than the cap runs alone, in forwards of `max_batch_tiles`. The model runs in one worker thread
 so the event loop keeps accepting requests while the ViT is busy. The ViT runs over the whole
 batch; each image is then finished on its own slice of the ViT output by the job's `finish`
 (router and projectors, which depend on the image's router mode), in the same thread."""
@@ -27,6 +29,10 @@ class _Job:
     future: asyncio.Future
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
 
+    @property
+    def num_tiles(self) -> int:
+        return self.pixel_values.shape[0]
+
 
 @dataclass(frozen=True)
 class _Failed:
@@ -50,6 +56,7 @@ class TileBatcher:
         self.max_batch_tiles = max_batch_tiles
         self.max_wait_s = max_wait_s
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
+        self._held: _Job | None = None  # taken from the queue but too big for the last batch: next
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vit")
         self._task: asyncio.Task | None = None
         self.batches_run = 0
@@ -63,8 +70,11 @@ class TileBatcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        waiting = [self._held] if self._held is not None else []
+        self._held = None
         while not self._queue.empty():
-            job = self._queue.get_nowait()
+            waiting.append(self._queue.get_nowait())
+        for job in waiting:
             if not job.future.done():
                 job.future.set_exception(Unavailable("vision replica is shutting down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -72,7 +82,7 @@ class TileBatcher:
     @property
     def queue_depth(self) -> int:
         """Images waiting plus images in the batch now running: this replica's load."""
-        return self._queue.qsize() + self.images_in_batch
+        return self._queue.qsize() + (self._held is not None) + self.images_in_batch
 
     async def submit(self, pixel_values: torch.Tensor, finish: Callable[[torch.Tensor], Any]) -> BatchResult:
         """Run the ViT over `pixel_values` [T, 3, tile, tile] in some batch, then `finish` on the result."""
@@ -108,8 +118,9 @@ class TileBatcher:
             self._deliver(jobs, outputs, started, time.perf_counter_ns() - started)
 
     async def _collect(self) -> list[_Job]:
-        jobs = [await self._queue.get()]
-        num_tiles = jobs[0].pixel_values.shape[0]
+        jobs = [self._held or await self._queue.get()]
+        self._held = None
+        num_tiles = jobs[0].num_tiles
         deadline = asyncio.get_running_loop().time() + self.max_wait_s
         while num_tiles < self.max_batch_tiles:
             timeout = deadline - asyncio.get_running_loop().time()
@@ -119,8 +130,11 @@ class TileBatcher:
                 job = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(), timeout)
             except (asyncio.TimeoutError, asyncio.QueueEmpty):
                 break
+            if num_tiles + job.num_tiles > self.max_batch_tiles:
+                self._held = job
+                break
             jobs.append(job)
-            num_tiles += job.pixel_values.shape[0]
+            num_tiles += job.num_tiles
         return jobs
 
     def _encode_all(self, jobs: list[_Job]) -> list[Any]:
@@ -128,7 +142,7 @@ class TileBatcher:
         grid = torch.cat([self._vit(chunk) for chunk in tiles.split(self.max_batch_tiles)])  # [sum T, s, s, C]
         outputs, offset = [], 0
         for job in jobs:
-            n = job.pixel_values.shape[0]
+            n = job.num_tiles
             try:
                 outputs.append(job.finish(grid[offset : offset + n]))
             except Exception as exc:  # noqa: BLE001 - one image's failure is that caller's, not the batch's
@@ -137,7 +151,7 @@ class TileBatcher:
         return outputs
 
     def _deliver(self, jobs: list[_Job], outputs: list[Any], started_ns: int, encode_ns: int) -> None:
-        batch_tiles = sum(job.pixel_values.shape[0] for job in jobs)
+        batch_tiles = sum(job.num_tiles for job in jobs)
         self.batches_run += 1
         self.tiles_encoded += batch_tiles
         for job, output in zip(jobs, outputs):

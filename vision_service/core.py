@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 
 _CODEC_FOR_DTYPE = {"torch.float32": Codec.FP32, "torch.bfloat16": Codec.BF16, "torch.float16": Codec.FP16}
 
+# Tiles per ViT forward when the config leaves it to the device. On a CPU a wider forward costs
+# more per tile, not less (its activations leave the caches: small preset, one thread, 10 tiles
+# run 1 or 2 at a time take 888-904 ms, all 10 at once 1049 ms; BENCHMARKS.md), and every image
+# in a batch waits for the whole batch, so a CPU replica runs images nearly alone. A GPU needs
+# the width to fill its SMs.
+AUTO_BATCH_TILES = {"cpu": 2, "cuda": 32}
+
 
 @dataclass(frozen=True)
 class EncodeResult:
@@ -66,6 +73,7 @@ class VisionCore:
         self.encoder: TileEncoder | None = None
         self.router: RouterPolicy | None = None
         self.batcher: TileBatcher | None = None
+        self.max_batch_tiles = cfg.max_batch_tiles
         self.routes = RouteCache(cfg.route_cache_bytes, cfg.route_grid_ttl_s, cfg.store_ttl_s)
         self.default_codec: Codec = cfg.codec or Codec.FP32
         self.namespace = ""
@@ -77,6 +85,7 @@ class VisionCore:
         device = resolve_device(self.cfg.device)
         dtype = resolve_dtype(self.cfg.device, device)
         self.encoder = TileEncoder(str(self.checkpoint_dir), device, dtype)
+        self.max_batch_tiles = self.cfg.max_batch_tiles or AUTO_BATCH_TILES.get(device.type, 32)
         self.encoder.warmup()
         self.router = RouterPolicy(self.cfg, self.encoder)
         # Ship features in the compute dtype unless told otherwise: lossless, and what DvD does.
@@ -89,7 +98,7 @@ class VisionCore:
     def start(self) -> None:
         if self.encoder is None:
             raise RuntimeError("load() must run before start()")
-        self.batcher = TileBatcher(self.encoder.vit, self.cfg.max_batch_tiles,
+        self.batcher = TileBatcher(self.encoder.vit, self.max_batch_tiles,
                                    self.cfg.max_batch_wait_ms / 1000, self.cfg.max_queue_images)
         self.batcher.start()
         self.metrics.queue_depth.set_function(lambda: self.batcher.queue_depth)
@@ -250,7 +259,7 @@ class VisionCore:
         enc = self.encoder
         return dict(model_id=self.model_id, hidden_size=enc.hidden_size, tile_size=enc.tile_size,
                     tokens_per_tile=enc.tokens_per_tile, codec=self.default_codec,
-                    max_batch_tiles=self.cfg.max_batch_tiles, has_router=enc.has_router,
+                    max_batch_tiles=self.max_batch_tiles, has_router=enc.has_router,
                     device=describe(enc.device, enc.dtype), weight_bytes=enc.weight_bytes(),
                     cache_namespace=self.namespace, default_vir=self.router.effective_default,
                     vir_relative_threshold=self.router.relative, vir_absolute_threshold=self.router.absolute)

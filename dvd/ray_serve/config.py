@@ -9,8 +9,8 @@ from typing import Any
 
 # Serve's autoscaler compares each deployment's ongoing requests per replica (queued at the
 # handles + executing) with its target. The targets mirror the Kubernetes HPAs (deploy/k8s):
-# a vision replica batches the tiles of ~4 images per ViT step; a language replica decodes
-# 16 sequences at once and is full at 12. Vision reacts fast (an image burst is short-lived),
+# a GPU vision replica runs two or three images' tiles per ViT step (32 tiles); a language
+# replica decodes 16 sequences at once and is full at 12. Vision reacts fast (an image burst is short-lived),
 # language slowly (a replica is costly to load, decode work is long-lived).
 VISION_AUTOSCALING = {"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 4,
                       "upscale_delay_s": 10.0, "downscale_delay_s": 120.0}
