@@ -12,6 +12,7 @@ from pathlib import Path
 from dvd.bench import commands as bench_commands
 from dvd.bench import transport
 from dvd.bench import vir as bench_vir
+from dvd.bench import vit as bench_vit
 from dvd.config import DEFAULT_MODEL
 from dvd.flags import setup_logging
 from dvd.launcher import LocalStack, StackOptions
@@ -140,6 +141,7 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     en.set_defaults(func=cmd_bench_engine)
     transport.register(kinds)
     bench_vir.register(kinds)
+    bench_vit.register(kinds)
     bench_commands.register_bench(kinds)
 
 

@@ -110,13 +110,16 @@ def cmd_compare(a: argparse.Namespace) -> int:
     data = {"tool": "dvd bench compare", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": report.machine(), "checkpoint": str(checkpoint), "options": report.options_dict(opts.serve),
             "deployments": {key: {"label": labels[key], "other_cpu_per_round": run.other_cpu[key],
+                                  "cpu_s_per_request": run.cpu_per_request[key],
                                   "points": [report.point_dict(p) for p in points]}
                             for key, points in results.items()},
             "ratios": rows}
     report.write_json(data, out / "compare.json")
     sections = [f"### {labels[key]}\n\nOther processes' CPU use while it ran, per round: "
                 f"{', '.join(f'{c:.2f}' for c in run.other_cpu[key])} CPU-s/s (0: the machine was ours; "
-                f"{os.cpu_count()} CPUs in all).\n\n{report.markdown_table(points)}"
+                f"{os.cpu_count()} CPUs in all).\nCPU-s per request by process: "
+                f"{', '.join(f'{name} {sec:.3f}' for name, sec in run.cpu_per_request[key].items())}."
+                f"\n\n{report.markdown_table(points)}"
                 for key, points in results.items()]
     text = f"{ratio_table(rows)}\n\n" + "\n\n".join(sections)
     (out / "compare.md").write_text(f"`dvd bench compare` on {checkpoint}\n\n{text}\n")

@@ -17,7 +17,9 @@ Rounds: every deployment's stack is started up front (an idle stack costs no CPU
 measurements alternate between them, `rounds` times, each round with fresh images. On a machine
 that other people also use, load that comes and goes then lands on every deployment alike; the
 rounds' requests are pooled per deployment (throughput = all requests / the rounds' summed
-durations) and the machine's load average is recorded with every point.
+durations) and the machine's load average is recorded with every point. Each round also reads
+every process's CPU time from /proc: the report gives CPU-s per request by process (which stage
+bounds the deployment) and the CPU time anything else on the machine used.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dvd.bench.metrics import Slo, duration_s, summarize
-from dvd.bench.serve import PointResult, ServeOptions, run_sweep
+from dvd.bench.serve import PointResult, ServeOptions, run_sweep, run_warmup
 from dvd.flags import pin_cpus
 from dvd.launcher import LocalStack, StackOptions
 
@@ -97,7 +99,8 @@ def stack_options(opts: CompareOptions, dep: Deployment) -> StackOptions:
 @dataclass(frozen=True)
 class CompareRun:
     points: dict[str, list[PointResult]]  # deployment key -> sweep points, rounds pooled
-    other_cpu: dict[str, list[float]]  # deployment key -> per round: others' CPU-s per s (see OtherCpu)
+    other_cpu: dict[str, list[float]]  # deployment key -> per round: others' CPU-s per s (see CpuMeter)
+    cpu_per_request: dict[str, dict[str, float]]  # deployment key -> process -> CPU-s per request, rounds pooled
 
 
 def run_compare(opts: CompareOptions) -> CompareRun:
@@ -107,6 +110,7 @@ def run_compare(opts: CompareOptions) -> CompareRun:
     deps = deployments(opts)
     rounds: dict[str, list[list[PointResult]]] = {dep.key: [] for dep in deps}
     other_cpu: dict[str, list[float]] = {dep.key: [] for dep in deps}
+    cpu_s: dict[str, dict[str, float]] = {dep.key: {} for dep in deps}
     with contextlib.ExitStack() as running:
         stacks = {}
         for dep in deps:
@@ -116,34 +120,50 @@ def run_compare(opts: CompareOptions) -> CompareRun:
             for dep in deps:
                 print(f"== round {index + 1}/{opts.rounds}: {dep.key}", flush=True)
                 serve = replace(opts.serve, base_url=stacks[dep.key].base_url, grpc_target=stacks[dep.key].grpc_target,
-                                warmup=opts.serve.warmup if index == 0 else 0, stream_offset=index * 10_000)
-                meter = OtherCpu(stacks[dep.key])
+                                stream_offset=index * 10_000)
+                if index == 0:
+                    asyncio.run(run_warmup(serve))
+                serve = replace(serve, warmup=0)
+                meter = CpuMeter(stacks[dep.key])
                 rounds[dep.key].append(asyncio.run(run_sweep(serve)))
-                other_cpu[dep.key].append(meter.read())
+                other, by_process = meter.read()
+                other_cpu[dep.key].append(other)
+                for name, seconds in by_process.items():
+                    cpu_s[dep.key][name] = cpu_s[dep.key].get(name, 0.0) + seconds
     points = {key: [pool_rounds(list(point_rounds), opts.serve.slo) for point_rounds in zip(*per_round)]
               for key, per_round in rounds.items()}
-    return CompareRun(points, other_cpu)
+    per_request = {key: {name: seconds / max(sum(len(p.records) for p in points[key]), 1)
+                         for name, seconds in by_name.items()} for key, by_name in cpu_s.items()}
+    return CompareRun(points, other_cpu, per_request)
 
 
-class OtherCpu:
-    """CPU time the machine spent on anything but this stack and this process, per second of
-    wall time: 0 on a quiet machine; 1 means a whole CPU's worth of someone else's work."""
+LOAD_GENERATOR = "load generator"
+
+
+class CpuMeter:
+    """CPU time over one round: each process of the stack's and this process's (the load
+    generator, its image synthesis included), and the machine's other work per second of wall
+    time (0 on a quiet machine; 1 means a whole CPU's worth of someone else's work)."""
 
     def __init__(self, stack: LocalStack) -> None:
-        self.pids = [p.popen.pid for p in stack.procs]
+        self.pids = {p.name: p.popen.pid for p in stack.procs}
         self.start = (time.perf_counter(), _busy_cpu_s(), self._ours())
 
-    def _ours(self) -> float:
+    def _ours(self) -> dict[str, float]:
         tick = os.sysconf("SC_CLK_TCK")
-        total = sum(os.times()[:2])
-        for pid in self.pids:
+        ours = {LOAD_GENERATOR: sum(os.times()[:2])}
+        for name, pid in self.pids.items():
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-        return total
+            ours[name] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        return ours
 
-    def read(self) -> float:
-        wall, busy, ours = (a - b for a, b in zip((time.perf_counter(), _busy_cpu_s(), self._ours()), self.start))
-        return max(busy - ours, 0.0) / wall if wall > 0 else 0.0
+    def read(self) -> tuple[float, dict[str, float]]:
+        """(others' CPU-s per s, CPU-s by process) since the meter was made."""
+        start_wall, start_busy, start_ours = self.start
+        wall, busy = time.perf_counter() - start_wall, _busy_cpu_s() - start_busy
+        ours = {name: seconds - start_ours[name] for name, seconds in self._ours().items()}
+        other = max(busy - sum(ours.values()), 0.0) / wall if wall > 0 else 0.0
+        return other, ours
 
 
 def _busy_cpu_s() -> float:

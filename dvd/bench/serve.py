@@ -144,6 +144,26 @@ async def run_point(opts: ServeOptions, client: BenchClient, requests: list[Benc
         return await _run_concurrency(client, requests, int(value), deadline, t0, bar)
 
 
+async def _warm_up(opts: ServeOptions, client: BenchClient) -> None:
+    if not opts.warmup:
+        return
+    warm = build_requests(opts.workload, opts.warmup, stream_seed=WARMUP_STREAM)
+    failed = [r for r in await run_point(opts, client, warm, "concurrency", 1, "warm-up") if not r.ok]
+    if len(failed) == opts.warmup:
+        raise RuntimeError(f"every warm-up request failed against {opts.target}: "
+                           f"{failed[0].error_kind}: {failed[0].error}")
+
+
+async def run_warmup(opts: ServeOptions) -> None:
+    """Only the unmeasured warm-up requests (`dvd bench compare` runs them before its CPU meter)."""
+    check_target(opts)
+    client = make_client(opts, max_in_flight=1)
+    try:
+        await _warm_up(opts, client)
+    finally:
+        await client.close()
+
+
 async def run_sweep(opts: ServeOptions) -> list[PointResult]:
     """Warm up, then run every sweep point against the target, one after the other."""
     check_target(opts)
@@ -152,12 +172,7 @@ async def run_sweep(opts: ServeOptions) -> list[PointResult]:
     client = make_client(opts, max_in_flight=max(biggest, 1))
     results = []
     try:
-        if opts.warmup:
-            warm = build_requests(opts.workload, opts.warmup, stream_seed=WARMUP_STREAM)
-            failed = [r for r in await run_point(opts, client, warm, "concurrency", 1, "warm-up") if not r.ok]
-            if len(failed) == opts.warmup:
-                raise RuntimeError(f"every warm-up request failed against {opts.target}: "
-                                   f"{failed[0].error_kind}: {failed[0].error}")
+        await _warm_up(opts, client)
         for index, (reuse, mode, value) in enumerate(points):
             workload = replace(opts.workload, reuse=reuse)
             requests = build_requests(workload, opts.num_requests, stream_seed=opts.stream_offset + index)

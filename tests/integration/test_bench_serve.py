@@ -100,6 +100,11 @@ def test_bench_compare_runs_every_deployment(tiny_ckpt, tmp_path):
     for deployment in data["deployments"].values():
         _assert_point(deployment["points"][0], num_requests=4, output_tokens=3)  # 2 rounds of 2, pooled
         assert len(deployment["other_cpu_per_round"]) == 2 and min(deployment["other_cpu_per_round"]) >= 0
+        assert "load generator" in deployment["cpu_s_per_request"] and "gateway" in deployment["cpu_s_per_request"]
+        assert all(seconds > 0 for seconds in deployment["cpu_s_per_request"].values())
+    processes = {key: set(d["cpu_s_per_request"]) for key, d in data["deployments"].items()}
+    assert "monolithic" in processes["colocated_language_cpus"]
+    assert {"vision-0", "language-0"} <= processes["disaggregated"]
     assert [r["setting"] for r in data["ratios"]] == ["paper", "equal-cores"]
     assert all(r["request_throughput_ratio"] > 0 for r in data["ratios"])
     assert (tmp_path / "compare.png").stat().st_size > 0
