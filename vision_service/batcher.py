@@ -3,8 +3,8 @@
 The first waiting image opens a batch; more images join while they fit in `max_batch_tiles`
 tiles, until `max_wait_s` has passed. An image that does not fit waits for the next batch (so
 every image in a batch is delivered one ViT forward after the batch starts, not several); an
-image bigger than the cap runs alone, in forwards of `max_batch_tiles`. The model runs in one worker thread
-so the event loop keeps accepting requests while the ViT is busy. The ViT runs over the whole
+image bigger than the cap runs alone, in forwards of `max_batch_tiles`. The model runs in one
+worker thread so the event loop keeps accepting requests while the ViT is busy. The ViT runs over the whole
 batch; each image is then finished on its own slice of the ViT output by the job's `finish`
 (router and projectors, which depend on the image's router mode), in the same thread."""
 
@@ -20,6 +20,11 @@ from typing import Any
 import torch
 
 from dvd.errors import ResourceExhausted, Unavailable
+
+
+def vit_in_forwards(vit: Callable[[torch.Tensor], torch.Tensor], tiles: torch.Tensor, width: int) -> torch.Tensor:
+    """tiles [T, 3, tile, tile] through `vit` in forwards of at most `width` tiles -> [T, side, side, C]."""
+    return torch.cat([vit(chunk) for chunk in tiles.split(width)])
 
 
 @dataclass
@@ -139,7 +144,7 @@ class TileBatcher:
 
     def _encode_all(self, jobs: list[_Job]) -> list[Any]:
         tiles = torch.cat([j.pixel_values for j in jobs])  # [sum T, 3, tile, tile]
-        grid = torch.cat([self._vit(chunk) for chunk in tiles.split(self.max_batch_tiles)])  # [sum T, s, s, C]
+        grid = vit_in_forwards(self._vit, tiles, self.max_batch_tiles)  # [sum T, s, s, C]
         outputs, offset = [], 0
         for job in jobs:
             n = job.num_tiles

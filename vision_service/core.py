@@ -36,11 +36,12 @@ log = logging.getLogger(__name__)
 _CODEC_FOR_DTYPE = {"torch.float32": Codec.FP32, "torch.bfloat16": Codec.BF16, "torch.float16": Codec.FP16}
 
 # Tiles per ViT forward when the config leaves it to the device. On a CPU a wider forward costs
-# more per tile, not less (its activations leave the caches: small preset, one thread, 10 tiles
-# run 1 or 2 at a time take 888-904 ms, all 10 at once 1049 ms; BENCHMARKS.md), and every image
-# in a batch waits for the whole batch, so a CPU replica runs images nearly alone. A GPU needs
-# the width to fill its SMs.
-AUTO_BATCH_TILES = {"cpu": 2, "cuda": 32}
+# more per tile, not less (its activations leave the caches: `dvd bench vit`, small preset, one
+# thread: 10 tiles in forwards of 1-5 take 872-888 ms, in one forward 1022 ms; BENCHMARKS.md), and
+# every image in a batch waits for the whole batch, so a CPU replica runs images nearly alone. A
+# GPU (and any other accelerator) needs the width to fill its SMs.
+GPU_BATCH_TILES = 32
+AUTO_BATCH_TILES = {"cpu": 2, "cuda": GPU_BATCH_TILES}
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class VisionCore:
         device = resolve_device(self.cfg.device)
         dtype = resolve_dtype(self.cfg.device, device)
         self.encoder = TileEncoder(str(self.checkpoint_dir), device, dtype)
-        self.max_batch_tiles = self.cfg.max_batch_tiles or AUTO_BATCH_TILES.get(device.type, 32)
+        self.max_batch_tiles = self.cfg.max_batch_tiles or AUTO_BATCH_TILES.get(device.type, GPU_BATCH_TILES)
         self.encoder.warmup()
         self.router = RouterPolicy(self.cfg, self.encoder)
         # Ship features in the compute dtype unless told otherwise: lossless, and what DvD does.

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from vision_service.batcher import vit_in_forwards
+
 
 @dataclass(frozen=True)
 class VitBenchOptions:
@@ -63,7 +65,7 @@ def run_vit_bench(opts: VitBenchOptions) -> VitBenchResult:
 
 
 def _forward(encoder, pixel_values: torch.Tensor, width: int) -> torch.Tensor:
-    grid = torch.cat([encoder.vit(chunk) for chunk in pixel_values.split(width)])  # [T, side, side, C]
+    grid = vit_in_forwards(encoder.vit, pixel_values, width)  # [T, side, side, C]: as the batcher runs it
     if grid.is_cuda:
         torch.cuda.synchronize()
     return grid
