@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TINY := checkpoints/tiny/config.json
 PYTEST_ARGS ?=
 
-.PHONY: install serve test test-slow protos clean aiperf-check
+.PHONY: install serve lint test test-slow protos clean aiperf-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,7 +26,12 @@ $(TINY): | $(STAMP)
 serve: $(STAMP) $(TINY)
 	$(BIN)/dvd serve --model checkpoints/tiny
 
-test: $(STAMP)
+# One-way layers (import-linter contracts in pyproject.toml) and ruff's error and import rules.
+lint: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: $(STAMP)

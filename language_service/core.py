@@ -13,7 +13,6 @@ import torch
 from prometheus_client import CollectorRegistry
 from transformers import AutoTokenizer, GenerationConfig
 
-from dvd.checkpoint import build_language_model
 from dvd.config import LanguageConfig
 from dvd.devices import describe, resolve_attention, resolve_device, resolve_dtype
 from dvd.errors import InvalidRequest, ModelNotFound, Unavailable
@@ -27,6 +26,7 @@ from language_service.engine.runner import ModelRunner
 from language_service.engine.scheduler import Scheduler
 from language_service.engine.sequence import Sequence
 from language_service.fetch import EmbeddingFetcher
+from language_service.model import build_language_model
 from language_service.prompt import PromptBuilder
 
 log = logging.getLogger(__name__)

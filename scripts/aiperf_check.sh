@@ -31,8 +31,8 @@ if [ ! -x "$AIPERF_VENV/bin/aiperf" ]; then
 fi
 test -f "$CKPT/config.json" || "$DVD" make-checkpoint --preset tiny --out "$CKPT"
 
-PORT=$(.venv/bin/python -c 'from dvd.launcher import free_port; print(free_port())')
-GRPC_PORT=$(.venv/bin/python -c 'from dvd.launcher import free_port; print(free_port())')
+PORT=$(.venv/bin/python -c 'from stack.launcher import free_port; print(free_port())')
+GRPC_PORT=$(.venv/bin/python -c 'from stack.launcher import free_port; print(free_port())')
 "$DVD" serve --model "$CKPT" --host 127.0.0.1 --port "$PORT" --grpc-port "$GRPC_PORT" \
     --log-dir "$WORK/logs" > "$WORK/serve.log" 2>&1 &
 SERVE_PID=$!

@@ -22,7 +22,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 def _checkpoint(name: str, cache: dict, tmp_path_factory) -> Path:
     if name not in cache:
-        from dvd.checkpoint import make_checkpoint
+        from tools.checkpoint import make_checkpoint
 
         cache[name] = make_checkpoint(name, tmp_path_factory.mktemp("ckpt") / name, seed=0)
     return cache[name]
@@ -98,7 +98,7 @@ def png_bytes(width: int, height: int, seed: int | None = None, color: tuple[int
 
 @pytest.fixture
 def redis_server(tmp_path):
-    from dvd.local_redis import RedisServer
+    from stack.local_redis import RedisServer
 
     server = RedisServer(tmp_path / "redis").start()
     yield server

@@ -3,7 +3,7 @@ checkpoints also the Visual Resolution Router, which sends each tile through eit
 shuffle, 256 tokens) or mlp2 (0.25 shuffle, 64 tokens). The ViT runs once per tile; only the
 projector each tile needs runs.
 
-Holds only the vision tensors (read by `dvd.checkpoint.build_vision_modules`); never the LLM.
+Holds only the vision tensors (read by `vision_service.modules.build_vision_modules`); never the LLM.
 The three steps are separate (`vit`, `compress_scores`, `project`) because the batcher runs the
 ViT over many images' tiles at once and then finishes each image on its own slice, and because a
 multi-image `auto` request scores every image first and projects once the request's scores are in.
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from dvd.checkpoint import build_vision_modules
 from dvd.checkpoint.original import DEFAULT_ABSOLUTE_THRESHOLD, DEFAULT_RELATIVE_THRESHOLD
 from dvd.types import VirMode
+from vision_service.modules import build_vision_modules
 from vision_service.vir import decide
 
 

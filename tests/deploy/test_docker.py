@@ -133,9 +133,9 @@ def test_copied_sources_build_a_wheel_with_every_entrypoint(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for module in ("gateway", "vision_service", "language_service"):
         assert f"{module}/__main__.py" in names
-    assert "dvd/cli.py" in names and any(n.startswith("protos/v1/") and n.endswith(".proto") for n in names)
+    assert "tools/cli.py" in names and any(n.startswith("protos/v1/") and n.endswith(".proto") for n in names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "dvd = dvd.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "dvd = tools.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def _load_healthcheck():

@@ -20,9 +20,9 @@ from ray.serve.schema import (
     ServeDeploySchema,
 )
 
-from dvd.ray_serve.app import GATEWAY_SERVICER
-from dvd.ray_serve.config import RayAppConfig
-from dvd.ray_serve.deployments import GatewayIngress, LanguageDeployment, VisionDeployment
+from stack.ray_serve.app import GATEWAY_SERVICER
+from stack.ray_serve.config import RayAppConfig
+from stack.ray_serve.deployments import GatewayIngress, LanguageDeployment, VisionDeployment
 from tests.deploy.manifests import RAY, REPO, of_kind, ray_manifests
 
 SERVICES = of_kind(ray_manifests(), "RayService")
@@ -68,7 +68,7 @@ def test_serve_config_is_valid_for_our_application(service):
     assert unknown_keys(serve_config(service)) == []
     config = ServeDeploySchema.model_validate(serve_config(service))
     (app,) = config.applications
-    assert app.import_path == "dvd.ray_serve.app:build_app"
+    assert app.import_path == "stack.ray_serve.app:build_app"
     assert config.grpc_options.grpc_servicer_functions == [GATEWAY_SERVICER]
     ports = {p["port"] for p in service["spec"]["serveService"]["spec"]["ports"]}
     assert ports == {config.http_options.port, config.grpc_options.port}

@@ -10,17 +10,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dvd.checkpoint import (
-    CheckpointError,
-    build_language_model,
-    build_vision_modules,
-    load_language_state,
-    load_model_config,
-    load_vision_state,
-    make_checkpoint,
-)
+from dvd.checkpoint import CheckpointError, load_language_state, load_model_config, load_vision_state
 from dvd.checkpoint.keys import ORIGINAL_KEY_MAP, rename, to_original
 from dvd.checkpoint.load import _weight_map
+from language_service.model import build_language_model
+from tools.checkpoint import make_checkpoint
+from vision_service.modules import build_vision_modules
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,10 @@ from PIL import Image
 from transformers import InternVLForConditionalGeneration
 from transformers.models.internvl.modeling_internvl import InternVLModel
 
-from dvd.checkpoint import (
-    build_language_model,
-    build_vision_modules,
-    load_language_state,
-    load_processor,
-    load_vision_state,
-    make_checkpoint,
-)
+from dvd.checkpoint import load_language_state, load_processor, load_vision_state
+from language_service.model import build_language_model
+from tools.checkpoint import make_checkpoint
+from vision_service.modules import build_vision_modules
 
 NUM_NEW_TOKENS = 16
 PROMPTS = ("What is in this picture?", "Describe the colors in detail, please.")

@@ -19,15 +19,15 @@ from transformers.models.internvl.modeling_internvl import InternVLModel
 
 from dvd.checkpoint import (
     CheckpointError,
-    build_language_model,
-    build_vision_modules,
     load_language_state,
     load_processor,
     load_vision_state,
-    make_checkpoint,
     read_tensors,
     resolve_checkpoint,
 )
+from language_service.model import build_language_model
+from tools.checkpoint import make_checkpoint
+from vision_service.modules import build_vision_modules
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # legacy names (what save_pretrained writes, 5.23 included) -> transformers' in-memory names

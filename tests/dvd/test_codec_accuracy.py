@@ -68,7 +68,7 @@ def test_small_preset_activations(small_ckpt):
 
 @pytest.mark.slow
 def test_1b_shape_activations(tmp_path_factory):
-    from dvd.checkpoint import make_checkpoint
+    from tools.checkpoint import make_checkpoint
 
     checkpoint = make_checkpoint("1b-shape", tmp_path_factory.mktemp("ckpt") / "1b-shape")
     x = activations(checkpoint)

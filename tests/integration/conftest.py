@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dvd.launcher import LocalStack, StackOptions
+from stack.launcher import LocalStack, StackOptions
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-DVD = [sys.executable, "-m", "dvd.cli"]
+DVD = [sys.executable, "-m", "tools.cli"]
 
 
 def _bench(args: list[str], out_dir) -> dict:

@@ -11,13 +11,13 @@ import time
 
 import httpx
 
-from dvd.launcher import free_port
+from stack.launcher import free_port
 
 
 def test_dvd_serve_answers_and_shuts_down(tiny_ckpt, tmp_path):
     port, grpc_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dvd.cli", "serve", "--model", str(tiny_ckpt), "--port", str(port),
+        [sys.executable, "-m", "tools.cli", "serve", "--model", str(tiny_ckpt), "--port", str(port),
          "--grpc-port", str(grpc_port), "--device", "cpu", "--log-dir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

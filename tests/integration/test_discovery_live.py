@@ -12,8 +12,8 @@ import sys
 
 import grpc
 
-from dvd.launcher import GATEWAY_SERVICE, LANGUAGE_SERVICE, VISION_SERVICE, _serving, free_port
 from protos.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from stack.launcher import GATEWAY_SERVICE, LANGUAGE_SERVICE, VISION_SERVICE, _serving, free_port
 from tests.conftest import png_bytes
 from tests.fake_kube_api import FakeApiServer, api_server, endpoint_slice
 from tests.metrics_scrape import scrape

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from dvd.launcher import LocalStack, StackOptions
 from protos.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from stack.launcher import LocalStack, StackOptions
 from tests.conftest import png_bytes
 from tests.metrics_scrape import scrape
 

@@ -12,7 +12,6 @@ import torch
 from prometheus_client import CollectorRegistry
 from transformers import AutoTokenizer
 
-from dvd.checkpoint import build_language_model
 from dvd.types import Delta, FinishReason, SamplingParams
 from language_service.detokenizer import IncrementalDetokenizer
 from language_service.engine.engine import Engine
@@ -20,6 +19,7 @@ from language_service.engine.metrics import EngineMetrics
 from language_service.engine.runner import ModelRunner
 from language_service.engine.scheduler import Scheduler
 from language_service.engine.sequence import Sequence
+from language_service.model import build_language_model
 
 IMAGE_TOKEN = "<IMG_CONTEXT>"
 

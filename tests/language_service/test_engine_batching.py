@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dvd.checkpoint import build_language_model
 from dvd.types import FinishReason
 from language_service.engine.runner import ModelRunner
+from language_service.model import build_language_model
 from tests.language_service.conftest import drive, run_alone
 
 # (arrival step, prompt repeats, image tokens, max_tokens): different lengths, images and budgets

@@ -1,0 +1,1 @@
+"""What runs services together: the `dvd serve` launcher and supervisor, monolithic mode, Ray Serve, local Redis."""

@@ -1,0 +1,186 @@
+"""Starts a whole dvd-serve stack on this machine as separate processes (what `dvd serve`
+runs and what the integration tests drive): vision replica(s), language replica(s) (or one
+monolithic process), then the gateway; waits for readiness; stops them all cleanly."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+VISION_SERVICE = "dvd.v1.VisionEncoder"
+LANGUAGE_SERVICE = "dvd.v1.LanguageDecoder"
+GATEWAY_SERVICE = "dvd.v1.Gateway"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class StackOptions:
+    checkpoint: Path
+    host: str = "127.0.0.1"
+    port: int = 0  # gateway REST; 0 picks a free port
+    grpc_port: int = 0  # gateway gRPC
+    monolithic: bool = False
+    vision_replicas: int = 1
+    language_replicas: int = 1
+    model_name: str = "internvl"
+    device: str = "auto"
+    dtype: str = "auto"
+    redis_url: str = ""  # shared embedding cache for the vision pool and the gateway
+    # CPUs each role's processes are pinned to (their `--cpus`); empty: wherever the OS puts them
+    vision_cpus: tuple[int, ...] = ()
+    language_cpus: tuple[int, ...] = ()
+    gateway_cpus: tuple[int, ...] = ()
+    monolithic_cpus: tuple[int, ...] = ()
+    # torch threads of each unpinned model process; 0: torch's default (one per core). Splitting the
+    # cores among the processes was measured slower on 2 cores: the busy stage (vision) gets both
+    # while the other idles (BENCHMARKS.md, "Threads per process")
+    threads: int = 0
+    vision_args: list[str] = field(default_factory=list)
+    language_args: list[str] = field(default_factory=list)
+    gateway_args: list[str] = field(default_factory=list)
+    log_dir: Path | None = None  # each process logs to <name>.log here; None: inherit stdout/stderr
+    ready_timeout_s: float = 900.0
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen
+    target: str
+    service: str
+    metrics_url: str = ""  # Prometheus endpoint of the process
+
+
+class LocalStack:
+    def __init__(self, opts: StackOptions) -> None:
+        self.opts = opts
+        self.procs: list[_Proc] = []
+        self.rest_port = opts.port or free_port(opts.host)
+        self.grpc_port = opts.grpc_port or free_port(opts.host)
+        self.vision_targets: list[str] = []
+        self.language_targets: list[str] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.opts.host}:{self.rest_port}/v1"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.opts.host}:{self.grpc_port}"
+
+    def proc(self, name: str) -> _Proc:
+        return next(p for p in self.procs if p.name == name)
+
+    def start(self) -> LocalStack:
+        try:
+            self._start_pools()
+            self._wait_ready()
+            gateway_args = ["--host", self.opts.host, "--port", str(self.rest_port), "--grpc-port", str(self.grpc_port),
+                            "--model-name", self.opts.model_name, "--model-root", str(self.opts.checkpoint)]
+            gateway_args += [a for t in self.vision_targets for a in ("--vision", t)]
+            gateway_args += [a for t in self.language_targets for a in ("--language", t)]
+            gateway_args += ["--redis", self.opts.redis_url] if self.opts.redis_url else []
+            self._spawn("gateway", "gateway", gateway_args + self.opts.gateway_args, GATEWAY_SERVICE,
+                        f"{self.opts.host}:{self.grpc_port}")
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM everything (gateway first so no new work arrives), then wait, then kill."""
+        for proc in reversed(self.procs):
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for proc in reversed(self.procs):
+            try:
+                proc.popen.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _start_pools(self) -> None:
+        common = ["--model", str(self.opts.checkpoint), "--host", self.opts.host,
+                  "--device", self.opts.device, "--dtype", self.opts.dtype]
+        if self.opts.monolithic:
+            port = free_port(self.opts.host)
+            target = f"{self.opts.host}:{port}"
+            metrics = ["--metrics-port", str(free_port(self.opts.host))]
+            self._spawn("monolithic", "stack.monolithic", common + ["--port", str(port)] + metrics, LANGUAGE_SERVICE, target)
+            self.vision_targets, self.language_targets = [target], [target]
+            return
+        redis = ["--redis", self.opts.redis_url] if self.opts.redis_url else []
+        for i in range(self.opts.vision_replicas):
+            port = free_port(self.opts.host)
+            self.vision_targets.append(f"{self.opts.host}:{port}")
+            metrics = ["--metrics-port", str(free_port(self.opts.host)), "--linger-s", "0.5"]  # local: quick stop
+            self._spawn(f"vision-{i}", "vision_service",
+                        common + ["--port", str(port)] + metrics + redis + self.opts.vision_args,
+                        VISION_SERVICE, self.vision_targets[-1])
+        for i in range(self.opts.language_replicas):
+            port = free_port(self.opts.host)
+            self.language_targets.append(f"{self.opts.host}:{port}")
+            metrics = ["--metrics-port", str(free_port(self.opts.host))]  # replicas share a host: no fixed port
+            self._spawn(f"language-{i}", "language_service",
+                        common + ["--port", str(port)] + metrics + self.opts.language_args,
+                        LANGUAGE_SERVICE, self.language_targets[-1])
+
+    def _spawn(self, name: str, module: str, args: list[str], service: str, target: str) -> None:
+        out = None
+        if self.opts.log_dir is not None:
+            self.opts.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.opts.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        cpus = {"vision": self.opts.vision_cpus, "language": self.opts.language_cpus, "gateway": self.opts.gateway_cpus,
+                "monolithic": self.opts.monolithic_cpus}[name.split("-")[0]]
+        args = args + (["--cpus", ",".join(map(str, cpus))] if cpus else [])
+        if module != "gateway" and not cpus and self.opts.threads:
+            args = args + ["--threads", str(self.opts.threads)]
+        popen = subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT if out else None)
+        metrics_url = ""
+        if "--metrics-port" in args:
+            metrics_url = f"http://{self.opts.host}:{args[args.index('--metrics-port') + 1]}/metrics"
+        elif module == "gateway":
+            metrics_url = f"http://{self.opts.host}:{self.rest_port}/metrics"
+        self.procs.append(_Proc(name, popen, target, service, metrics_url))
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.opts.ready_timeout_s
+        for proc in self.procs:
+            with grpc.insecure_channel(proc.target) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                while not _serving(stub, proc.service):
+                    if proc.popen.poll() is not None:
+                        raise RuntimeError(f"{proc.name} exited with code {proc.popen.returncode} before it was ready")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{proc.name} not ready after {self.opts.ready_timeout_s:.0f} s")
+                    time.sleep(0.2)
+
+
+def _serving(stub, service: str) -> bool:
+    try:
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+    except grpc.RpcError:
+        return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING

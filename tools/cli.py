@@ -1,0 +1,151 @@
+"""`dvd`: the command line. `dvd make-checkpoint` writes a seeded random-init checkpoint;
+`dvd serve` runs gateway + vision + language on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from dvd.config import DEFAULT_MODEL
+from dvd.flags import setup_logging
+from stack.launcher import LocalStack, StackOptions
+from tools.bench import commands as bench_commands
+from tools.bench import transport
+from tools.bench import vir as bench_vir
+from tools.bench import vit as bench_vit
+from tools.checkpoint import PRESETS, ensure_checkpoint, make_checkpoint
+
+
+def cmd_make_checkpoint(a: argparse.Namespace) -> int:
+
+    path = make_checkpoint(a.preset, Path(a.out), seed=a.seed)
+    print(f"wrote {a.preset} checkpoint (seed {a.seed}) to {path}")
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    checkpoint = ensure_checkpoint(a.model, Path(a.checkpoint_root))
+    if a.ray:
+        return cmd_serve_ray(a, checkpoint)
+    opts = StackOptions(
+        checkpoint=checkpoint, host=a.host, port=a.port, grpc_port=a.grpc_port, monolithic=a.monolithic,
+        vision_replicas=a.vision_replicas, language_replicas=a.language_replicas, model_name=a.model_name,
+        device=a.device, dtype=a.dtype, redis_url=a.redis, log_dir=Path(a.log_dir) if a.log_dir else None,
+        threads=a.threads,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = LocalStack(opts)
+    print(f"starting dvd-serve ({'monolithic' if a.monolithic else 'disaggregated'}) with {checkpoint} ...", flush=True)
+    stack.start()
+    try:
+        print(f"ready.\n  REST (OpenAI): {stack.base_url}\n  gRPC gateway:  {stack.grpc_target}\n"
+              f"  vision pool:   {', '.join(stack.vision_targets)}\n  language pool: {', '.join(stack.language_targets)}\n"
+              f"  model name:    {a.model_name}\n  metrics:       "
+              + "\n                 ".join(f"{p.name} {p.metrics_url}" for p in stack.procs if p.metrics_url)
+              + "\nCtrl-C stops everything.", flush=True)
+        while not stop.wait(0.5):
+            dead = [p.name for p in stack.procs if p.popen.poll() is not None]
+            if dead:
+                print(f"{', '.join(dead)} exited; stopping", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        print("stopping ...", flush=True)
+        stack.stop()
+
+
+def cmd_serve_ray(a: argparse.Namespace, checkpoint: Path | str) -> int:
+    if a.monolithic or a.redis:
+        sys.exit("dvd serve --ray: --monolithic and --redis are for the process stack, not Ray")
+    try:
+        from stack.ray_serve.local import LocalOptions, serve_forever
+    except ImportError as exc:
+        sys.exit(f"dvd serve --ray needs the `ray` extra (pip install -e '.[ray]'): {exc}")
+    return serve_forever(LocalOptions(
+        model=str(checkpoint), model_name=a.model_name, device=a.device, dtype=a.dtype, host=a.host, port=a.port,
+        grpc_port=a.grpc_port, num_cpus=a.num_cpus, max_vision_replicas=a.max_vision_replicas,
+        max_language_replicas=a.max_language_replicas,
+    ))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dvd", description="Decoupled vision-language serving for InternVL")
+    sub = parser.add_subparsers(dest="command", required=True)
+    mk = sub.add_parser("make-checkpoint", help="write a seeded random-init InternVL checkpoint")
+    mk.add_argument("--preset", choices=sorted(PRESETS), required=True)
+    mk.add_argument("--out", required=True)
+    mk.add_argument("--seed", type=int, default=0)
+    mk.set_defaults(func=cmd_make_checkpoint)
+    sv = sub.add_parser("serve", help="run gateway + vision + language on this machine")
+    sv.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint dir, hub id, or a preset {sorted(PRESETS)}")
+    sv.add_argument("--checkpoint-root", default="checkpoints", help="where preset checkpoints are written")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000, help="gateway REST port")
+    sv.add_argument("--grpc-port", type=int, default=50050, help="gateway gRPC port")
+    sv.add_argument("--monolithic", action="store_true", help="vision + language in one process (colocated)")
+    sv.add_argument("--redis", default="", help="redis://host:port/db: shared embedding cache (optional)")
+    sv.add_argument("--threads", type=int, default=0,
+                    help="torch threads per model process (0: torch's default, one per core each)")
+    sv.add_argument("--vision-replicas", type=int, default=1)
+    sv.add_argument("--language-replicas", type=int, default=1)
+    sv.add_argument("--model-name", default="internvl", help="the model id clients send")
+    sv.add_argument("--device", default="auto")
+    sv.add_argument("--dtype", default="auto")
+    sv.add_argument("--log-dir", default="", help="write each process's log here instead of the terminal")
+    sv.add_argument("--ray", action="store_true", help="run the pools as autoscaling Ray Serve deployments on a "
+                    "local Ray (the `ray` extra); REST on --port, gRPC on --grpc-port")
+    sv.add_argument("--num-cpus", type=int, default=None, help="--ray: CPUs of the local Ray (default: all)")
+    sv.add_argument("--max-vision-replicas", type=int, default=3, help="--ray: the vision pool scales 1..N")
+    sv.add_argument("--max-language-replicas", type=int, default=1, help="--ray: the language pool scales 1..N")
+    sv.set_defaults(func=cmd_serve)
+    add_bench_parsers(sub.add_parser("bench", help="benchmarks that print side-by-side ratios"))
+    bench_commands.register_plan(sub)
+    return parser
+
+
+def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
+    """`dvd bench <what>`: one sub-command per benchmark."""
+    kinds = bench.add_subparsers(dest="bench", required=True)
+    en = kinds.add_parser("engine", help="decode tokens/s of the language engine at several concurrencies")
+    en.add_argument("--preset", default="small", help=f"a preset {sorted(PRESETS)} or a checkpoint dir")
+    en.add_argument("--checkpoint-root", default="checkpoints", help="where preset checkpoints are written")
+    en.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrencies, the first is the base")
+    en.add_argument("--max-tokens", type=int, default=128, help="tokens generated per request")
+    en.add_argument("--prompt-tokens", type=int, default=64, help="approximate prompt length")
+    en.add_argument("--repeats", type=int, default=3, help="runs per concurrency (median reported)")
+    en.add_argument("--device", default="auto")
+    en.add_argument("--dtype", default="auto")
+    en.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads (0: torch's default, one per core); a replica pinned with --cpus "
+                         "gets one per pinned CPU")
+    en.set_defaults(func=cmd_bench_engine)
+    transport.register(kinds)
+    bench_vir.register(kinds)
+    bench_vit.register(kinds)
+    bench_commands.register_bench(kinds)
+
+
+def cmd_bench_engine(a: argparse.Namespace) -> int:
+    from tools.bench.engine import EngineBenchOptions, format_table, run_engine_bench
+
+    checkpoint = ensure_checkpoint(a.preset, Path(a.checkpoint_root))
+    opts = EngineBenchOptions(checkpoint=Path(checkpoint), concurrency=tuple(int(c) for c in a.concurrency.split(",")),
+                              max_tokens=a.max_tokens, prompt_tokens=a.prompt_tokens, repeats=a.repeats,
+                              device=a.device, dtype=a.dtype, threads=a.threads)
+    print(format_table(run_engine_bench(opts), opts))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging("INFO")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
