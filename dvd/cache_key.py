@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 
-from dvd.types import Codec, Compression, TilingOverrides, VirOptions
+from dvd.types import Codec, Compression, TilingOptions, VirOptions
 
 
 def cache_namespace(model_id: str, codec: Codec, compression: Compression, min_tiles: int, max_tiles: int,
@@ -19,7 +19,7 @@ def cache_namespace(model_id: str, codec: Codec, compression: Compression, min_t
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def content_key(image: bytes, tiling: TilingOverrides, vir: VirOptions, codec: Codec | None, namespace: str,
+def content_key(image: bytes, tiling: TilingOptions, vir: VirOptions, codec: Codec | None, namespace: str,
                 default_codec: Codec | None = None) -> str:
     """blake2b-128 of the image bytes, the request's overrides and the pool's namespace. A request
     that names the pool's default codec gets the same key as one that names none."""
@@ -31,7 +31,7 @@ def content_key(image: bytes, tiling: TilingOverrides, vir: VirOptions, codec: C
     return digest.hexdigest()
 
 
-def route_key(image: bytes, tiling: TilingOverrides, namespace: str) -> str:
+def route_key(image: bytes, tiling: TilingOptions, namespace: str) -> str:
     """The key of an image's router scores and ViT features: what decides them is the image and
     its tiles, not the router mode or the codec. The gateway also routes both phases of a
     multi-image `auto` request by it, so the second phase finds the first one's ViT features."""

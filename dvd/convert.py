@@ -15,7 +15,7 @@ from dvd.types import (
     SamplingParams,
     StageTimings,
     TextPart,
-    TilingOverrides,
+    TilingOptions,
     Usage,
     VideoPart,
     VirMode,
@@ -120,15 +120,15 @@ def ref_from_pb(pb: common_pb2.EmbeddingRef) -> EmbeddingRef:
     )
 
 
-def tiling_from_pb(pb: common_pb2.TilingOptions) -> TilingOverrides:
-    return TilingOverrides(
+def tiling_from_pb(pb: common_pb2.TilingOptions) -> TilingOptions:
+    return TilingOptions(
         min_tiles=pb.min_tiles or None,
         max_tiles=pb.max_tiles or None,
         use_thumbnail=pb.use_thumbnail if pb.HasField("use_thumbnail") else None,
     )
 
 
-def tiling_to_pb(t: TilingOverrides) -> common_pb2.TilingOptions:
+def tiling_to_pb(t: TilingOptions) -> common_pb2.TilingOptions:
     pb = common_pb2.TilingOptions(min_tiles=t.min_tiles or 0, max_tiles=t.max_tiles or 0)
     if t.use_thumbnail is not None:
         pb.use_thumbnail = t.use_thumbnail

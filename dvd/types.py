@@ -91,7 +91,7 @@ class EmbeddingRef:
 
 
 @dataclass(frozen=True)
-class TilingOverrides:
+class TilingOptions:
     """Per-request tiling options; None keeps the vision service's default."""
 
     min_tiles: int | None = None
@@ -189,3 +189,22 @@ class Delta:
     usage: Usage | None = None
     timings: StageTimings | None = None
     cached_images: int = 0  # gateway only: images whose embeddings came from the cache
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    """One image's Encode: where its embeddings are, what it cost, and whether a cache served it."""
+
+    ref: EmbeddingRef
+    timings: StageTimings
+    cache_hit: bool
+    num_tiles: int = 0  # 0 when the answer came from the gateway's ref cache
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    """One image's Route (phase one of a multi-image ViR `auto` request): its tiles' scores."""
+
+    scores: tuple[float, ...]  # each tile's router compress score, tiles in order
+    timings: StageTimings
+    cache_hit: bool = False

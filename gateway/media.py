@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass
 
 from dvd.errors import InvalidRequest
-from dvd.types import ImagePart, Message, TextPart, TilingOverrides, VideoPart
+from dvd.types import ImagePart, Message, TextPart, TilingOptions, VideoPart
 from gateway.images import ImageLoader, ImageSource
 from gateway.video import FRAME_TILING, VideoLoader, VideoSource
 
@@ -23,7 +23,7 @@ class MediaImage:
     """One image to encode: an image of the request or a video frame."""
 
     data: bytes
-    tiling: TilingOverrides
+    tiling: TilingOptions
 
 
 def split_media(turns, videos: VideoLoader, max_images: int, max_frames: int) -> tuple[list[Message], list[Source]]:
@@ -56,7 +56,7 @@ def split_media(turns, videos: VideoLoader, max_images: int, max_frames: int) ->
 
 
 async def load_media(sources: list[Source], images: ImageLoader, videos: VideoLoader,
-                     tiling: TilingOverrides) -> list[MediaImage]:
+                     tiling: TilingOptions) -> list[MediaImage]:
     """Fetch / decode every source concurrently; flattened in order (a video -> its frames)."""
 
     async def load(source: Source) -> list[MediaImage]:

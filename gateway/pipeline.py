@@ -13,12 +13,12 @@ from dataclasses import dataclass, field, replace
 from dvd.cache_key import content_key, route_key
 from dvd.config import GatewayConfig
 from dvd.errors import ModelNotFound, NotFound
-from dvd.types import Codec, Delta, SamplingParams, StageTimings, TextPart, TilingOverrides, VirOptions
+from dvd.types import Codec, Delta, EncodeResult, SamplingParams, StageTimings, TextPart, TilingOptions, VirOptions
 from gateway.cache import RefCache
 from gateway.images import ImageLoader, ImageSource
 from gateway.media import MediaImage, load_media, split_media
 from gateway.metrics import GatewayMetrics
-from gateway.pools import Encoded, LanguagePool, PoolInfo, VisionPool
+from gateway.pools import LanguagePool, PoolInfo, VisionPool
 from gateway.video import VideoLoader, VideoSource
 
 
@@ -33,7 +33,7 @@ class ChatRequest:
     messages: tuple[ChatTurn, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     model: str = ""
-    tiling: TilingOverrides = field(default_factory=TilingOverrides)  # images; video frames are one tile each
+    tiling: TilingOptions = field(default_factory=TilingOptions)  # images; video frames are one tile each
     vir: VirOptions = field(default_factory=VirOptions)
     codec: Codec | None = None  # None: the vision pool's default
     request_id: str = ""
@@ -80,7 +80,7 @@ class Pipeline:
             raise ModelNotFound(f"model {model!r} is not served here; try {self.cfg.model_name!r}")
 
     async def _encode_all(self, images: list[MediaImage], vir: VirOptions, codec: Codec | None, request_id: str,
-                          use_cache: bool = True) -> list[Encoded]:
+                          use_cache: bool = True) -> list[EncodeResult]:
         """Every image concurrently (video frames fan out across replicas like images). In `auto`
         the router ranks each tile against every tile of the request, so with several images
         their scores are gathered first (`_route_all`) and travel with each Encode."""
@@ -89,7 +89,7 @@ class Pipeline:
         info = await self.vision.info()
         routing = StageTimings()
         if len(images) > 1 and info.routes(vir.mode):
-            vir, routing = await self._route_all(images, vir, info.namespace, request_id)
+            vir, routing = await self._route_all(images, vir, info.cache_namespace, request_id)
         tasks = [self._encode(img, vir, codec, f"{request_id}/{i}", info, use_cache)
                  for i, img in enumerate(images)]
         encoded = list(await asyncio.gather(*tasks))
@@ -110,16 +110,16 @@ class Pipeline:
         return replace(vir, group_scores=tuple(s for r in routed for s in r.scores)), slowest
 
     async def _encode(self, image: MediaImage, vir: VirOptions, codec: Codec | None, request_id: str,
-                      info: PoolInfo, use_cache: bool) -> Encoded:
+                      info: PoolInfo, use_cache: bool) -> EncodeResult:
         """A cache hit skips the vision pool; a miss goes to the replica that owns the key
         (without a shared Redis, that replica's memory is the cache), a routed image to the
         replica that holds its ViT output."""
-        key = content_key(image.data, image.tiling, vir, codec, info.namespace, info.default_codec)
+        key = content_key(image.data, image.tiling, vir, codec, info.cache_namespace, info.default_codec)
         ref = await self.cache.get(key) if use_cache else None
         if ref is not None:
-            return Encoded(ref, StageTimings(), cache_hit=True)
+            return EncodeResult(ref, StageTimings(), cache_hit=True)
         if vir.group_scores:
-            affinity = route_key(image.data, image.tiling, info.namespace)
+            affinity = route_key(image.data, image.tiling, info.cache_namespace)
         else:
             affinity = "" if self.cache.redis is not None else key
         encoded = await self.vision.encode(image.data, image.tiling, vir, codec, request_id, affinity=affinity)
@@ -133,7 +133,7 @@ async def _prepend(first: Delta, rest: AsyncIterator[Delta]) -> AsyncIterator[De
         yield delta
 
 
-def _add_vision_stage(delta: Delta, encoded: list[Encoded]) -> None:
+def _add_vision_stage(delta: Delta, encoded: list[EncodeResult]) -> None:
     """Fold the vision stage into the final delta's timings. Images are encoded concurrently,
     so the stage takes as long as its slowest image; cache hits cost the vision pool nothing."""
     vision = StageTimings(queue_ns=max((e.timings.queue_ns for e in encoded), default=0),

@@ -20,10 +20,11 @@ from dvd.types import (
     Codec,
     Delta,
     EmbeddingRef,
+    EncodeResult,
     Message,
+    RouteResult,
     SamplingParams,
-    StageTimings,
-    TilingOverrides,
+    TilingOptions,
     VirMode,
     VirOptions,
 )
@@ -44,23 +45,10 @@ EJECTED_PROBE_PERIOD_S = 0.5  # ejected replicas whose backoff has passed
 
 
 @dataclass(frozen=True)
-class Encoded:
-    ref: EmbeddingRef
-    timings: StageTimings
-    cache_hit: bool
-
-
-@dataclass(frozen=True)
-class Routed:
-    scores: tuple[float, ...]  # each tile's router compress score
-    timings: StageTimings
-
-
-@dataclass(frozen=True)
 class PoolInfo:
     """What the gateway needs to know about the vision pool's model, asked once."""
 
-    namespace: str  # VisionInfo.cache_namespace
+    cache_namespace: str  # VisionInfo.cache_namespace: enters every content key
     has_router: bool  # an InternVL3.5-Flash checkpoint: the ViR router can run
     default_vir: VirMode  # the mode a request without `vir` gets
     default_codec: Codec | None  # VisionInfo.codec: a request naming it shares the default's cache key
@@ -143,21 +131,22 @@ class VisionPool(_Pool):
             self._info = PoolInfo(info.cache_namespace, info.has_router, default_vir, convert.codec_from_pb(info.codec))
         return self._info
 
-    async def encode(self, image: bytes, tiling: TilingOverrides, vir: VirOptions,
-                     codec: Codec | None, request_id: str, affinity: str = "") -> Encoded:
+    async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions,
+                     codec: Codec | None, request_id: str, affinity: str = "") -> EncodeResult:
         request = vision_pb2.EncodeRequest(
             request_id=request_id, image=image, tiling=convert.tiling_to_pb(tiling),
             vir=convert.VIR_TO_PB[vir.mode] if vir.mode else 0, codec=convert.CODEC_TO_PB[codec] if codec else 0,
             vir_thresholds=convert.vir_thresholds_to_pb(vir), vir_group_scores=list(vir.group_scores),
         )
         reply = await self._call(lambda stub: stub.Encode(request, timeout=self.call_timeout_s), affinity)
-        return Encoded(convert.ref_from_pb(reply.ref), convert.timings_from_pb(reply.timings), reply.cache_hit)
+        return EncodeResult(convert.ref_from_pb(reply.ref), convert.timings_from_pb(reply.timings), reply.cache_hit,
+                            reply.num_tiles)
 
-    async def route(self, image: bytes, tiling: TilingOverrides, request_id: str, affinity: str = "") -> Routed:
+    async def route(self, image: bytes, tiling: TilingOptions, request_id: str, affinity: str = "") -> RouteResult:
         """Router scores of one image's tiles (phase one of a multi-image auto request)."""
         request = vision_pb2.RouteRequest(request_id=request_id, image=image, tiling=convert.tiling_to_pb(tiling))
         reply = await self._call(lambda stub: stub.Route(request, timeout=self.call_timeout_s), affinity)
-        return Routed(tuple(reply.compress_scores), convert.timings_from_pb(reply.timings))
+        return RouteResult(tuple(reply.compress_scores), convert.timings_from_pb(reply.timings), reply.cache_hit)
 
     async def _call(self, send, affinity: str = ""):
         """A unary call with retries on other replicas (Encode and Info are idempotent)."""

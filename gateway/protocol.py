@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from dvd.errors import InvalidRequest
-from dvd.types import Codec, SamplingParams, TextPart, TilingOverrides, VirMode, VirOptions
+from dvd.types import Codec, SamplingParams, TextPart, TilingOptions, VirMode, VirOptions
 from gateway.images import ImageSource
 from gateway.pipeline import ChatRequest, ChatTurn
 from gateway.video import VideoSource
@@ -96,7 +96,7 @@ class ChatCompletionRequest(BaseModel):
         )
         return ChatRequest(
             messages=tuple(_turn(m) for m in self.messages), sampling=sampling, model=self.model,
-            tiling=TilingOverrides(min_tiles=self.min_tiles, max_tiles=self.max_tiles),
+            tiling=TilingOptions(min_tiles=self.min_tiles, max_tiles=self.max_tiles),
             vir=self._vir(), codec=Codec(self.codec) if self.codec else None, request_id=request_id,
         )
 

@@ -22,11 +22,11 @@ import av
 from PIL import Image
 
 from dvd.errors import InvalidRequest
-from dvd.types import TilingOverrides
+from dvd.types import TilingOptions
 from gateway.images import checked_size, decode_data_url
 
 # One 448px tile per frame, no thumbnail (a one-tile grid never gets one anyway).
-FRAME_TILING = TilingOverrides(min_tiles=1, max_tiles=1, use_thumbnail=False)
+FRAME_TILING = TilingOptions(min_tiles=1, max_tiles=1, use_thumbnail=False)
 MAX_DECODED_FRAMES = 100_000  # bounds the work one request can ask the decoder for
 
 

@@ -9,7 +9,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,11 +22,11 @@ from dvd.errors import InvalidRequest, ModelNotFound, NotFound, Unavailable
 from dvd.identity import model_identity
 from dvd.redis_store import RedisStore, StoreUnavailable
 from dvd.store import MemoryStore
-from dvd.types import Codec, EmbeddingRef, StageTimings, TilingOverrides, VirOptions
+from dvd.types import Codec, EmbeddingRef, EncodeResult, RouteResult, StageTimings, TilingOptions, VirOptions
 from vision_service.batcher import TileBatcher
 from vision_service.encoder import TileEncoder, TileFeatures, VirPlan
 from vision_service.metrics import VisionMetrics
-from vision_service.preprocess import ImageDecodeError, PreprocessedImage, TilingOptions, preprocess
+from vision_service.preprocess import ImageDecodeError, PreprocessedImage, ResolvedTiling, preprocess
 from vision_service.route_cache import RouteCache
 from vision_service.routing import RouterPolicy
 
@@ -42,21 +41,6 @@ _CODEC_FOR_DTYPE = {"torch.float32": Codec.FP32, "torch.bfloat16": Codec.BF16, "
 # GPU (and any other accelerator) needs the width to fill its SMs.
 GPU_BATCH_TILES = 32
 AUTO_BATCH_TILES = {"cpu": 2, "cuda": GPU_BATCH_TILES}
-
-
-@dataclass(frozen=True)
-class EncodeResult:
-    ref: EmbeddingRef
-    timings: StageTimings
-    cache_hit: bool
-    num_tiles: int
-
-
-@dataclass(frozen=True)
-class RouteResult:
-    scores: tuple[float, ...]  # each tile's compress score, tiles in order
-    timings: StageTimings
-    cache_hit: bool
 
 
 class VisionCore:
@@ -77,7 +61,7 @@ class VisionCore:
         self.max_batch_tiles = cfg.max_batch_tiles
         self.routes = RouteCache(cfg.route_cache_bytes, cfg.route_grid_ttl_s, cfg.store_ttl_s)
         self.default_codec: Codec = cfg.codec or Codec.FP32
-        self.namespace = ""
+        self.cache_namespace = ""
         self.redis = RedisStore(cfg.redis_url, cfg.store_ttl_s, cfg.redis_chunk_bytes) if cfg.redis_url else None
         self._encoding: dict[str, asyncio.Task[EncodeResult]] = {}  # content key -> its encode in flight
 
@@ -91,7 +75,7 @@ class VisionCore:
         self.router = RouterPolicy(self.cfg, self.encoder)
         # Ship features in the compute dtype unless told otherwise: lossless, and what DvD does.
         self.default_codec = self.cfg.codec or _CODEC_FOR_DTYPE[str(dtype)]
-        self.namespace = cache_namespace(self.model_id, self.default_codec, self.cfg.compression, self.cfg.min_tiles,
+        self.cache_namespace = cache_namespace(self.model_id, self.default_codec, self.cfg.compression, self.cfg.min_tiles,
                                          self.cfg.max_tiles, self.cfg.use_thumbnail, self.router.key_text())
         log.info("vision model %s loaded on %s, %d torch threads", self.model_id, describe(device, dtype),
                  torch.get_num_threads())
@@ -110,11 +94,11 @@ class VisionCore:
         if self.redis is not None:
             await self.redis.close()
 
-    async def encode(self, image: bytes, tiling: TilingOverrides, vir: VirOptions,
+    async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions,
                      codec: Codec | None, model_id: str) -> EncodeResult:
         options = self._check(image, tiling, model_id)
         plan = self.router.plan(vir)
-        key = content_key(image, tiling, vir, codec, self.namespace, self.default_codec)
+        key = content_key(image, tiling, vir, codec, self.cache_namespace, self.default_codec)
         self.metrics.in_flight.inc()
         try:
             cached = await self._lookup(key)
@@ -124,7 +108,7 @@ class VisionCore:
             if key in self._encoding:
                 return await self._join(self._encoding[key])
             self.metrics.cache_misses.inc()
-            grid_key = route_key(image, tiling, self.namespace) if plan.group else ""
+            grid_key = route_key(image, tiling, self.cache_namespace) if plan.group else ""
             task = asyncio.create_task(self._encode_miss(key, image, options, plan, codec or self.default_codec,
                                                          grid_key))
             self._encoding[key] = task
@@ -146,12 +130,12 @@ class VisionCore:
         self.metrics.cache_hits.inc()
         return EncodeResult(result.ref, StageTimings(queue_ns=time.perf_counter_ns() - started), True, result.num_tiles)
 
-    async def route(self, image: bytes, tiling: TilingOverrides, model_id: str) -> RouteResult:
+    async def route(self, image: bytes, tiling: TilingOptions, model_id: str) -> RouteResult:
         """ViT + router only: each tile's compress score. The ViT grid stays here (briefly) for the
         `encode` of the same image that follows, so the ViT runs once per tile."""
         options = self._check(image, tiling, model_id)
         self.router.require_router()
-        key = route_key(image, tiling, self.namespace)
+        key = route_key(image, tiling, self.cache_namespace)
         entry = self.routes.get(key)
         if entry is not None:
             return RouteResult(tuple(entry.scores.float().tolist()), StageTimings(), True)
@@ -164,7 +148,7 @@ class VisionCore:
         return RouteResult(tuple(scores.float().tolist()),
                            StageTimings(queue_ns=batch.queue_ns, encode_ns=elapsed - batch.queue_ns), False)
 
-    def _check(self, image: bytes, tiling: TilingOverrides, model_id: str) -> TilingOptions:
+    def _check(self, image: bytes, tiling: TilingOptions, model_id: str) -> ResolvedTiling:
         if self.batcher is None:
             raise Unavailable("vision replica is still loading")
         if model_id and model_id not in (self.model_id, self.model_id.split("@")[0]):
@@ -188,7 +172,7 @@ class VisionCore:
             log.warning("embedding cache lookup skipped: %s", exc)
             return None
 
-    async def _encode_miss(self, key: str, image: bytes, options: TilingOptions, plan: VirPlan,
+    async def _encode_miss(self, key: str, image: bytes, options: ResolvedTiling, plan: VirPlan,
                            codec: Codec, grid_key: str) -> EncodeResult:
         started = time.perf_counter_ns()
         output, queue_ns, batch_tiles = await self._features(image, options, plan, grid_key)
@@ -207,7 +191,7 @@ class VisionCore:
         return EncodeResult(ref, StageTimings(queue_ns=queue_ns, encode_ns=elapsed - queue_ns),
                             False, len(output.tile_tokens))
 
-    async def _features(self, image: bytes, options: TilingOptions, plan: VirPlan,
+    async def _features(self, image: bytes, options: ResolvedTiling, plan: VirPlan,
                         grid_key: str) -> tuple[TileFeatures, int, int]:
         """(features, queue ns, tiles in the ViT batch). A routed image whose ViT grid is still
         here only runs its projectors; anything else runs the ViT in a batch."""
@@ -219,7 +203,7 @@ class VisionCore:
         batch = await self.batcher.submit(tiles.pixel_values, lambda grid: self.encoder.finish(grid, plan))
         return batch.output, batch.queue_ns, batch.batch_tiles
 
-    async def _preprocess(self, image: bytes, options: TilingOptions) -> PreprocessedImage:
+    async def _preprocess(self, image: bytes, options: ResolvedTiling) -> PreprocessedImage:
         try:
             return await asyncio.to_thread(preprocess, image, options, self.cfg.max_image_pixels)
         except ImageDecodeError as exc:
@@ -262,12 +246,12 @@ class VisionCore:
                     tokens_per_tile=enc.tokens_per_tile, codec=self.default_codec,
                     max_batch_tiles=self.max_batch_tiles, has_router=enc.has_router,
                     device=describe(enc.device, enc.dtype), weight_bytes=enc.weight_bytes(),
-                    cache_namespace=self.namespace, default_vir=self.router.effective_default,
+                    cache_namespace=self.cache_namespace, default_vir=self.router.effective_default,
                     vir_relative_threshold=self.router.relative, vir_absolute_threshold=self.router.absolute)
 
-    def _tiling(self, t: TilingOverrides) -> TilingOptions:
+    def _tiling(self, t: TilingOptions) -> ResolvedTiling:
         try:
-            return TilingOptions(
+            return ResolvedTiling(
                 min_tiles=t.min_tiles or self.cfg.min_tiles,
                 max_tiles=t.max_tiles or self.cfg.max_tiles,
                 use_thumbnail=self.cfg.use_thumbnail if t.use_thumbnail is None else t.use_thumbnail,

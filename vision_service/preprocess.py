@@ -43,7 +43,7 @@ class ImageDecodeError(ValueError):
 
 
 @dataclass(frozen=True)
-class TilingOptions:
+class ResolvedTiling:
     """How one image is cut into tiles; the defaults are InternVL's."""
 
     min_tiles: int = 1
@@ -105,7 +105,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         ) from exc
 
 
-def choose_grid(width: int, height: int, opts: TilingOptions) -> tuple[int, int]:
+def choose_grid(width: int, height: int, opts: ResolvedTiling) -> tuple[int, int]:
     """Pick the (cols, rows) grid whose aspect ratio is closest to width/height.
 
     An exact tie goes to the later candidate (more tiles) if the image area exceeds half the
@@ -127,7 +127,7 @@ def choose_grid(width: int, height: int, opts: TilingOptions) -> tuple[int, int]
     return best_grid
 
 
-def tile_image(image: Image.Image, opts: TilingOptions) -> PreprocessedImage:
+def tile_image(image: Image.Image, opts: ResolvedTiling) -> PreprocessedImage:
     """Resize ``image`` onto the chosen grid, cut it into tiles, add the thumbnail, normalise."""
     image = _to_rgb(image)
     width, height = image.size
@@ -155,7 +155,7 @@ def tile_image(image: Image.Image, opts: TilingOptions) -> PreprocessedImage:
 
 
 def preprocess(
-    data: bytes, opts: TilingOptions, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes, opts: ResolvedTiling, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> PreprocessedImage:
     """Image bytes -> model-ready tiles. Raises ImageDecodeError for bad or oversized images."""
     return tile_image(decode_image(data, max_pixels), opts)

@@ -25,14 +25,24 @@ from dvd.config import GatewayConfig, LanguageConfig, VisionConfig
 from dvd.errors import DvdError, kind_of
 from dvd.grpc_server import GrpcService
 from dvd.metrics import new_registry
-from dvd.types import Codec, Delta, EmbeddingRef, Message, SamplingParams, TilingOverrides, VirOptions
+from dvd.types import (
+    Codec,
+    Delta,
+    EmbeddingRef,
+    EncodeResult,
+    Message,
+    RouteResult,
+    SamplingParams,
+    TilingOptions,
+    VirOptions,
+)
 from gateway.grpc_servicer import GatewayServicer
 from gateway.routes import create_app
 from gateway.server import build_pipeline
 from language_service.core import LanguageCore
 from protos.v1 import vision_pb2_grpc
 from stack.ray_serve.pools import RayLanguagePool, RayVisionPool
-from vision_service.core import EncodeResult, RouteResult, VisionCore
+from vision_service.core import VisionCore
 from vision_service.metrics import VisionMetrics
 from vision_service.server import SERVICE_NAME as VISION_SERVICE
 from vision_service.servicer import VisionServicer
@@ -63,10 +73,10 @@ class VisionDeployment:
         await self.service.set_ready()
         log.info("vision replica ready; embeddings served from %s", self.core.location)
 
-    async def encode(self, image: bytes, tiling: TilingOverrides, vir: VirOptions, codec: Codec | None) -> EncodeResult:
+    async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions, codec: Codec | None) -> EncodeResult:
         return await self.core.encode(image, tiling, vir, codec, model_id="")
 
-    async def route(self, image: bytes, tiling: TilingOverrides) -> RouteResult:
+    async def route(self, image: bytes, tiling: TilingOptions) -> RouteResult:
         return await self.core.route(image, tiling, model_id="")
 
     def info(self) -> dict:

@@ -15,8 +15,19 @@ from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from dvd.errors import DvdError, Internal, ResourceExhausted, Unavailable
-from dvd.types import Codec, Delta, EmbeddingRef, Message, SamplingParams, TilingOverrides, VirMode, VirOptions
-from gateway.pools import Encoded, PoolInfo, Routed
+from dvd.types import (
+    Codec,
+    Delta,
+    EmbeddingRef,
+    EncodeResult,
+    Message,
+    RouteResult,
+    SamplingParams,
+    TilingOptions,
+    VirMode,
+    VirOptions,
+)
+from gateway.pools import PoolInfo
 
 HEALTH_TIMEOUT_S = 5.0
 
@@ -85,17 +96,17 @@ class RayVisionPool(_HandlePool):
                                        info["codec"])
         return self._pool_info
 
-    async def encode(self, image: bytes, tiling: TilingOverrides, vir: VirOptions,
-                     codec: Codec | None, request_id: str, affinity: str = "") -> Encoded:
+    async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions,
+                     codec: Codec | None, request_id: str, affinity: str = "") -> EncodeResult:
         with _domain_errors(self.pool):
             result = await self.handle.encode.remote(image, tiling, vir, codec)
-        return Encoded(result.ref, result.timings, result.cache_hit)
+        return result
 
-    async def route(self, image: bytes, tiling: TilingOverrides, request_id: str, affinity: str = "") -> Routed:
+    async def route(self, image: bytes, tiling: TilingOptions, request_id: str, affinity: str = "") -> RouteResult:
         """Router scores of one image's tiles (phase one of a multi-image auto request)."""
         with _domain_errors(self.pool):
             result = await self.handle.route.remote(image, tiling)
-        return Routed(result.scores, result.timings)
+        return result
 
 
 class RayLanguagePool(_HandlePool):

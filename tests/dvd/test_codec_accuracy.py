@@ -16,14 +16,14 @@ from dvd import codec
 from dvd.types import Codec, Compression
 from tests.conftest import png_bytes
 from vision_service.encoder import TileEncoder
-from vision_service.preprocess import TilingOptions, preprocess
+from vision_service.preprocess import ResolvedTiling, preprocess
 
 IMAGES = [png_bytes(896, 448, seed=5), png_bytes(448, 448, color=(240, 240, 230)), png_bytes(600, 900, seed=6)]
 
 
 def activations(checkpoint) -> torch.Tensor:
     encoder = TileEncoder(str(checkpoint), torch.device("cpu"), torch.float32)
-    tiles = torch.cat([preprocess(img, TilingOptions(max_tiles=4)).pixel_values for img in IMAGES])
+    tiles = torch.cat([preprocess(img, ResolvedTiling(max_tiles=4)).pixel_values for img in IMAGES])
     return encoder.encode(tiles).features  # [tokens, hidden]
 
 

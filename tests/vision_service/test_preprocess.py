@@ -18,7 +18,7 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
 
 from vision_service.preprocess import (
     ImageDecodeError,
-    TilingOptions,
+    ResolvedTiling,
     choose_grid,
     decode_image,
     preprocess,
@@ -99,7 +99,7 @@ def mode_images() -> dict[str, bytes]:
 @pytest.mark.parametrize("width,height", SIZES)
 def test_matches_hf_across_sizes(hf_processor, width, height, min_tiles, max_tiles):
     data = png_bytes(width, height)
-    got = preprocess(data, TilingOptions(min_tiles=min_tiles, max_tiles=max_tiles))
+    got = preprocess(data, ResolvedTiling(min_tiles=min_tiles, max_tiles=max_tiles))
     expected = hf_pixel_values(hf_processor, data, min_tiles, max_tiles)
     assert got.pixel_values.dtype == torch.float32
     assert got.pixel_values.shape == expected.shape
@@ -111,7 +111,7 @@ def test_matches_hf_across_sizes(hf_processor, width, height, min_tiles, max_til
 @pytest.mark.parametrize("min_tiles,max_tiles", [(1, 12), (2, 4)])
 @pytest.mark.parametrize("name,data", mode_images().items())
 def test_matches_hf_across_modes(hf_processor, name, data, min_tiles, max_tiles):
-    got = preprocess(data, TilingOptions(min_tiles=min_tiles, max_tiles=max_tiles))
+    got = preprocess(data, ResolvedTiling(min_tiles=min_tiles, max_tiles=max_tiles))
     assert torch.equal(got.pixel_values, hf_pixel_values(hf_processor, data, min_tiles, max_tiles)), name
 
 
@@ -125,14 +125,14 @@ def test_exif_orientation_is_not_applied():
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
     data = encode(Image.fromarray(rgb_array(600, 300)), "JPEG", exif=exif.tobytes())
-    result = preprocess(data, TilingOptions())
+    result = preprocess(data, ResolvedTiling())
     assert result.original_size == (600, 300)
     assert result.grid == (2, 1)
 
 
 @pytest.mark.parametrize("min_tiles,max_tiles", [(1, 1), (1, 4), (1, 12), (2, 4), (4, 4), (3, 9), (1, 40)])
 def test_choose_grid_matches_hf_tiling_rule(min_tiles, max_tiles):
-    opts = TilingOptions(min_tiles=min_tiles, max_tiles=max_tiles)
+    opts = ResolvedTiling(min_tiles=min_tiles, max_tiles=max_tiles)
     widths = list(range(1, 3000, 37)) + [448, 896, 1344, 1792]
     heights = list(range(1, 3000, 53)) + [448, 896, 1344]
     for width in widths:
@@ -158,7 +158,7 @@ def test_choose_grid_matches_hf_tiling_rule(min_tiles, max_tiles):
     ],
 )
 def test_grid_and_tile_count(width, height, min_tiles, max_tiles, grid, num_tiles):
-    result = tile_image(Image.new("RGB", (width, height)), TilingOptions(min_tiles, max_tiles))
+    result = tile_image(Image.new("RGB", (width, height)), ResolvedTiling(min_tiles, max_tiles))
     assert result.grid == grid
     assert result.num_tiles == num_tiles
     assert result.pixel_values.shape == (num_tiles, 3, 448, 448)
@@ -166,14 +166,14 @@ def test_grid_and_tile_count(width, height, min_tiles, max_tiles, grid, num_tile
 
 def test_without_thumbnail_drops_only_the_last_tile(hf_processor):
     data = png_bytes(1344, 896)
-    result = preprocess(data, TilingOptions(use_thumbnail=False))
+    result = preprocess(data, ResolvedTiling(use_thumbnail=False))
     assert (result.grid, result.num_tiles) == ((3, 2), 6)
     assert torch.equal(result.pixel_values, hf_pixel_values(hf_processor, data, 1, 12)[:-1])
 
 
 def test_tile_size_is_configurable(hf_processor):
     data = png_bytes(640, 320)
-    result = preprocess(data, TilingOptions(tile_size=224))
+    result = preprocess(data, ResolvedTiling(tile_size=224))
     # 640x320 covers more than half a 4x2 canvas of 224px tiles, so the (2,1)/(4,2) tie goes to 4x2.
     assert (result.grid, result.num_tiles) == ((4, 2), 9)
     expected = hf_processor(
@@ -206,7 +206,7 @@ def png_header_only(width: int, height: int) -> bytes:
 )
 def test_bad_input_raises_decode_error(data, message):
     with pytest.raises(ImageDecodeError, match=message):
-        preprocess(data, TilingOptions())
+        preprocess(data, ResolvedTiling())
 
 
 def test_max_pixels_is_enforced_before_decoding():
@@ -233,12 +233,12 @@ def test_decode_error_is_a_value_error():
 )
 def test_invalid_options_are_rejected(kwargs):
     with pytest.raises(ValueError):
-        TilingOptions(**kwargs)
+        ResolvedTiling(**kwargs)
 
 
 def test_options_are_frozen_and_default_to_internvl():
-    opts = TilingOptions()
+    opts = ResolvedTiling()
     assert (opts.min_tiles, opts.max_tiles, opts.use_thumbnail, opts.tile_size) == (1, 12, True, 448)
-    assert TilingOptions(min_tiles=40, max_tiles=40).max_tiles == 40
+    assert ResolvedTiling(min_tiles=40, max_tiles=40).max_tiles == 40
     with pytest.raises(dataclasses.FrozenInstanceError):
         opts.max_tiles = 6  # type: ignore[misc]

@@ -10,7 +10,7 @@ from dvd.types import VirMode
 from tests.conftest import png_bytes, shapes_png
 from tests.flash_reference import FlashReference
 from vision_service.encoder import TileEncoder, VirPlan
-from vision_service.preprocess import TilingOptions, preprocess
+from vision_service.preprocess import ResolvedTiling, preprocess
 from vision_service.vir import CrossAttentionPooling, FlashHeads, decide
 
 
@@ -87,7 +87,7 @@ def flash_encoder(tiny_flash_ckpt):
 
 @pytest.fixture(scope="module")
 def tiles():
-    return preprocess(shapes_png(3), TilingOptions()).pixel_values  # 2x2 grid + thumbnail
+    return preprocess(shapes_png(3), ResolvedTiling()).pixel_values  # 2x2 grid + thumbnail
 
 
 def test_off_is_the_non_flash_path(flash_encoder, tiny_ckpt, tiles):
@@ -128,5 +128,5 @@ def test_group_scores_decide_against_the_request(flash_encoder, tiles):
 
 
 def test_one_tile_image_never_compresses_in_auto(flash_encoder):
-    one = preprocess(png_bytes(448, 448, seed=2), TilingOptions()).pixel_values
+    one = preprocess(png_bytes(448, 448, seed=2), ResolvedTiling()).pixel_values
     assert flash_encoder.encode(one, VirPlan(VirMode.AUTO, 0.1, 0.0)).tile_tokens == (256,)

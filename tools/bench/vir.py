@@ -135,10 +135,10 @@ def component_ms(checkpoint: str, image: bytes, repeats: int = 5) -> dict[str, f
     torch.set_num_threads(1)
 
     from vision_service.encoder import TileEncoder
-    from vision_service.preprocess import TilingOptions, preprocess
+    from vision_service.preprocess import ResolvedTiling, preprocess
 
     encoder = TileEncoder(checkpoint, torch.device("cpu"), torch.float32)
-    tiles = preprocess(image, TilingOptions()).pixel_values
+    tiles = preprocess(image, ResolvedTiling()).pixel_values
     grid = encoder.vit(tiles)
     none, every = torch.zeros(len(tiles), dtype=torch.bool), torch.ones(len(tiles), dtype=torch.bool)
     steps = {"ViT": lambda: encoder.vit(tiles), "router": lambda: encoder.compress_scores(grid),

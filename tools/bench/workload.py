@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vision_service.preprocess import TilingOptions, choose_grid
+from vision_service.preprocess import ResolvedTiling, choose_grid
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 WORDS = ("the lighthouse keeper watched grey ships cross a cold northern sea while gulls circled "
@@ -40,7 +40,7 @@ class ImageSize:
 
 def tiles_for(width: int, height: int) -> int:
     """Tiles InternVL's default dynamic tiling (1..12, thumbnail) cuts a width x height image into."""
-    cols, rows = choose_grid(width, height, TilingOptions())
+    cols, rows = choose_grid(width, height, ResolvedTiling())
     return cols * rows + (1 if cols * rows > 1 else 0)
 
 

@@ -14,7 +14,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from dvd.types import TilingOverrides, VirOptions
+from dvd.types import TilingOptions, VirOptions
 from protos.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, vision_pb2, vision_pb2_grpc
 from stack.launcher import free_port
 from stack.ray_serve.local import LocalOptions, LocalRayServe, replica_counts
@@ -99,7 +99,7 @@ def test_embeddings_are_served_by_the_vision_replica_over_grpc(ray_serve):
     from ray import serve
 
     result = serve.get_deployment_handle("vision", app_name="dvd").encode.remote(
-        png_bytes(448, 448, color=(1, 2, 3)), TilingOverrides(), VirOptions(), None).result(timeout_s=60)
+        png_bytes(448, 448, color=(1, 2, 3)), TilingOptions(), VirOptions(), None).result(timeout_s=60)
     ref = result.ref
     assert ref.location.startswith("grpc://127.0.0.1:")
     with grpc.insecure_channel(ref.location.removeprefix("grpc://")) as channel:
