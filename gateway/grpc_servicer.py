@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-
 from dvd import convert
 from dvd.errors import InvalidRequest
+from dvd.identity import new_request_id
 from dvd.types import SamplingParams, TextPart
 from gateway.images import ImageSource
-from gateway.pipeline import ChatRequest, ChatTurn, Pipeline
+from gateway.pipeline import Pipeline
+from gateway.requests import ChatRequest, ChatTurn
 from gateway.video import VideoSource
 from protos.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -37,11 +37,13 @@ def chat_request_from_pb(pb: gateway_pb2.ChatRequest) -> ChatRequest:
     return ChatRequest(
         messages=tuple(turns), sampling=sampling, model=pb.model, tiling=convert.tiling_from_pb(pb.tiling),
         vir=convert.vir_options_from_pb(pb.vir, pb.vir_thresholds), codec=convert.codec_from_pb(pb.codec),
-        request_id=pb.request_id or f"chat-{uuid.uuid4().hex}",
+        request_id=pb.request_id or new_request_id(),
     )
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    """The public gRPC API: `Gateway.Chat` (server-streamed) and `ListModels`, over `Pipeline`."""
+
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
 

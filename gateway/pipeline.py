@@ -1,45 +1,32 @@
-"""The request path, top to bottom: parse -> load images (videos: sampled frames) -> encode
-them on the vision pool (route first when the router ranks several images together) ->
-generate on the language pool -> stream deltas out. Both front ends (REST and gRPC) call
-`Pipeline.chat`; neither knows about pools or protobuf of the pools."""
+"""The request path, top to bottom: check the model -> load images (videos: sampled frames) ->
+encode them on the vision pool (route first when the router ranks several images together) ->
+generate on the language pool -> stream deltas out. Both front ends (REST and gRPC) parse their
+wire format into a `gateway.requests.ChatRequest` and call `Pipeline.chat`; neither knows about
+pools or their protobuf."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from dvd.cache_key import content_key, route_key
 from dvd.config import GatewayConfig
 from dvd.errors import ModelNotFound, NotFound
-from dvd.types import Codec, Delta, EncodeResult, SamplingParams, StageTimings, TextPart, TilingOptions, VirOptions
+from dvd.types import Codec, Delta, EncodeResult, StageTimings, VirOptions
 from gateway.cache import RefCache
-from gateway.images import ImageLoader, ImageSource
+from gateway.images import ImageLoader
 from gateway.media import MediaImage, load_media, split_media
 from gateway.metrics import GatewayMetrics
 from gateway.pools import LanguagePool, PoolInfo, VisionPool
-from gateway.video import VideoLoader, VideoSource
-
-
-@dataclass(frozen=True)
-class ChatTurn:
-    role: str
-    parts: tuple[TextPart | ImageSource | VideoSource, ...]
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    messages: tuple[ChatTurn, ...]
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    model: str = ""
-    tiling: TilingOptions = field(default_factory=TilingOptions)  # images; video frames are one tile each
-    vir: VirOptions = field(default_factory=VirOptions)
-    codec: Codec | None = None  # None: the vision pool's default
-    request_id: str = ""
+from gateway.requests import ChatRequest
+from gateway.video import VideoLoader
 
 
 class Pipeline:
+    """One gateway's request path over a vision pool, a language pool, media loaders and the
+    gateway's ref cache. `chat` is the only entry point; `close` releases everything it holds."""
+
     def __init__(self, cfg: GatewayConfig, vision: VisionPool, language: LanguagePool, images: ImageLoader,
                  cache: RefCache, metrics: GatewayMetrics, videos: VideoLoader | None = None) -> None:
         self.cfg = cfg
@@ -55,9 +42,16 @@ class Pipeline:
         """Stream the reply; the final delta carries finish_reason, usage, timings, cached_images."""
         return self.metrics.track(self._chat(req))
 
+    async def close(self) -> None:
+        """Stop the pools' background work and close every connection the pipeline holds."""
+        await self.vision.close()
+        await self.language.close()
+        await self.images.close()
+        await self.cache.close()
+
     async def _chat(self, req: ChatRequest) -> AsyncIterator[Delta]:
-        request_id = req.request_id or f"chatcmpl-{uuid.uuid4().hex}"
-        self.check_model(req.model)
+        request_id = req.request_id
+        self._check_model(req.model)
         messages, sources = split_media(req.messages, self.videos, self.cfg.max_images_per_request,
                                         self.cfg.max_video_frames)
         images = await load_media(sources, self.images, self.videos, req.tiling)
@@ -75,7 +69,7 @@ class Pipeline:
                 _add_vision_stage(delta, encoded)
             yield delta
 
-    def check_model(self, model: str) -> None:
+    def _check_model(self, model: str) -> None:
         if model and model != self.cfg.model_name:
             raise ModelNotFound(f"model {model!r} is not served here; try {self.cfg.model_name!r}")
 
@@ -121,7 +115,7 @@ class Pipeline:
         if vir.group_scores:
             affinity = route_key(image.data, image.tiling, info.cache_namespace)
         else:
-            affinity = "" if self.cache.redis is not None else key
+            affinity = "" if self.cache.shared else key
         encoded = await self.vision.encode(image.data, image.tiling, vir, codec, request_id, affinity=affinity)
         self.cache.remember(key, encoded.ref)
         return encoded

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dvd.errors import InvalidRequest
 from dvd.types import Codec, SamplingParams, TextPart, TilingOptions, VirMode, VirOptions
 from gateway.images import ImageSource
-from gateway.pipeline import ChatRequest, ChatTurn
+from gateway.requests import ChatRequest, ChatTurn
 from gateway.video import VideoSource
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -15,6 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dvd.errors import DvdError, Internal, kind_of
+from dvd.identity import new_request_id
 from dvd.types import Delta, StageTimings, Usage
 from gateway.pipeline import Pipeline
 from gateway.protocol import ChatCompletionRequest, error_body
@@ -54,9 +54,8 @@ def create_app(pipeline: Pipeline) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest):
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        request_id = new_request_id()
         chat = body.to_chat_request(request_id)
-        pipeline.check_model(chat.model)
         model = body.model or cfg.model_name
         deltas = pipeline.chat(chat)
         if body.stream:

@@ -12,6 +12,7 @@ from dvd.grpc_server import GrpcService
 from dvd.metrics import new_registry
 from dvd.redis_store import RedisStore
 from gateway.cache import RefCache
+from gateway.grpc_pools import GrpcLanguagePool, GrpcVisionPool
 from gateway.grpc_servicer import GatewayServicer
 from gateway.images import ImageLoader
 from gateway.metrics import GatewayMetrics
@@ -30,13 +31,14 @@ def build_pipeline(cfg: GatewayConfig, vision: VisionPool | None = None,
     """The gateway's pipeline; `vision`/`language` replace the gRPC pool clients of cfg's targets
     (the Ray Serve ingress passes pools over its deployment handles)."""
     redis = RedisStore(cfg.redis_url, cfg.ref_cache_ttl_s) if cfg.redis_url else None
-    return Pipeline(cfg, vision or VisionPool(cfg.vision_targets, cfg.request_timeout_s),
-                    language or LanguagePool(cfg.language_targets, cfg.request_timeout_s),
+    return Pipeline(cfg, vision or GrpcVisionPool(cfg.vision_targets, cfg.request_timeout_s),
+                    language or GrpcLanguagePool(cfg.language_targets, cfg.request_timeout_s),
                     ImageLoader(cfg.max_image_bytes, cfg.image_fetch_timeout_s, cfg.allow_http_images),
                     RefCache(cfg.ref_cache_ttl_s, cfg.ref_cache_max_entries, redis), GatewayMetrics(new_registry()))
 
 
 async def serve(cfg: GatewayConfig) -> None:
+    """Run REST and gRPC until SIGTERM/SIGINT, then drain and close the pools."""
     pipeline = build_pipeline(cfg)
     await pipeline.vision.start()
     await pipeline.language.start()
@@ -58,8 +60,4 @@ async def serve(cfg: GatewayConfig) -> None:
     try:
         await grpc_service.serve_forever(cfg.drain_grace_s, on_stop=on_stop)
     finally:
-        await pipeline.vision.close()
-        await pipeline.language.close()
-        await pipeline.images.close()
-        if pipeline.cache.redis is not None:
-            await pipeline.cache.redis.close()
+        await pipeline.close()

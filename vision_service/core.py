@@ -96,6 +96,9 @@ class VisionCore:
 
     async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions,
                      codec: Codec | None, model_id: str) -> EncodeResult:
+        """One image to a stored embedding and its ref. A content-key hit in the store skips the
+        ViT; a request for an image already being encoded joins that encode instead of running
+        its own. Raises InvalidRequest (bad image, tiling or model) and ResourceExhausted (queue)."""
         options = self._check(image, tiling, model_id)
         plan = self.router.plan(vir)
         key = content_key(image, tiling, vir, codec, self.cache_namespace, self.default_codec)

@@ -8,6 +8,8 @@ from vision_service.core import VisionCore
 
 
 class VisionServicer(vision_pb2_grpc.VisionEncoderServicer):
+    """`VisionEncoder`: Encode, Route, FetchEmbedding (server-streamed chunks) and Info over `VisionCore`."""
+
     def __init__(self, core: VisionCore) -> None:
         self.core = core
 

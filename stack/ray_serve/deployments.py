@@ -136,9 +136,7 @@ class GatewayIngress:
         return await self.grpc.ListModels(request, grpc_context)
 
     async def __del__(self) -> None:
-        await self.pipeline.images.close()
-        if self.pipeline.cache.redis is not None:
-            await self.pipeline.cache.redis.close()
+        await self.pipeline.close()
 
 
 @contextlib.contextmanager
