@@ -37,7 +37,13 @@ NAME = "model-card"  # what the vision service reports and mixes into its cache 
 
 def card_rgb(image: Image.Image) -> Image.Image:
     """The cards' ``convert('RGB')``: alpha dropped, the colour under it kept."""
-    return image if image.mode == "RGB" else image.convert("RGB")
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
+    rgb = image.convert("RGB")  # a new image (a copy when already RGB)
+    # convert() leaves a palette's transparent colour in info; the cards never look at it again,
+    # but tile_image's HF-style conversion would composite that colour onto white.
+    rgb.info.pop("transparency", None)
+    return rgb
 
 
 @lru_cache(maxsize=64)
