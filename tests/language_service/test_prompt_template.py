@@ -140,3 +140,15 @@ def test_a_template_that_drops_images_fails_at_load(tiny_flash_ckpt, flash_token
     path.write_text("{% for m in messages %}{{ m['role'] }}{% endfor %}")
     with pytest.raises(ValueError, match="image"):
         PromptBuilder(flash_tokenizer, tiny_flash_ckpt, str(path))
+
+
+def test_the_flag_sets_the_config():
+    from dvd.config import LanguageConfig
+    from language_service.__main__ import parse_config
+    from tools.cli import build_parser
+
+    assert parse_config(["--model", "m"]).chat_template == "checkpoint"
+    assert parse_config(["--model", "m", "--chat-template", "internvl2_5"]).chat_template == "internvl2_5"
+    assert build_parser().parse_args(["serve", "--chat-template", "t.jinja"]).chat_template == "t.jinja"
+    with pytest.raises(ValueError):
+        LanguageConfig(model="m", chat_template="")
