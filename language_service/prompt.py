@@ -85,4 +85,3 @@ def _image_indices(part: TextPart | ImagePart | VideoPart) -> tuple[int, ...]:
     if isinstance(part, VideoPart):
         return part.indices
     return (part.index,) if isinstance(part, ImagePart) else ()
-
