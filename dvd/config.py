@@ -95,8 +95,13 @@ class LanguageConfig:
     metrics_port: int = 9092  # Prometheus /metrics over HTTP; 0 picks a free port
     fetch_timeout_s: float = 30.0
     drain_grace_s: float = 30.0
+    # The prompt template: "checkpoint" (an original-layout checkpoint's config.json `template`, an
+    # HF-native one's chat_template), a conversation template name ("internvl2_5"), or a .jinja path.
+    chat_template: str = "checkpoint"
 
     def __post_init__(self) -> None:
+        if not self.chat_template:
+            raise ValueError("chat_template must name a template ('checkpoint', 'internvl2_5' or a .jinja path)")
         _positive(max_model_len=self.max_model_len, default_max_tokens=self.default_max_tokens,
                   max_running_seqs=self.max_running_seqs, max_queue=self.max_queue,
                   max_kv_tokens=self.max_kv_tokens, max_prefill_tokens=self.max_prefill_tokens,

@@ -22,13 +22,16 @@ def parse_config(argv: list[str] | None = None) -> LanguageConfig:
     p.add_argument("--max-prefill-tokens", type=int, default=2048, help="prompt tokens per step (chunked prefill)")
     p.add_argument("--metrics-port", type=int, default=9092, help="Prometheus /metrics port (0: pick a free one)")
     p.add_argument("--fetch-timeout-s", type=float, default=30.0)
+    p.add_argument("--chat-template", default="checkpoint",
+                   help="checkpoint (the checkpoint's own: config.json `template` in the original layout, "
+                        "chat_template when HF-native) | internvl2_5 | PATH.jinja")
     a = p.parse_args(argv)
     setup_logging(a.log_level)
     return LanguageConfig(
         model=a.model, host=a.host, port=a.port, device=device_config(a), max_model_len=a.max_model_len,
         default_max_tokens=a.default_max_tokens, max_running_seqs=a.max_running_seqs, max_queue=a.max_queue,
         max_kv_tokens=a.max_kv_tokens, max_prefill_tokens=a.max_prefill_tokens, metrics_port=a.metrics_port,
-        fetch_timeout_s=a.fetch_timeout_s, drain_grace_s=a.drain_grace_s,
+        fetch_timeout_s=a.fetch_timeout_s, drain_grace_s=a.drain_grace_s, chat_template=a.chat_template,
     )
 
 

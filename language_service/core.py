@@ -54,7 +54,7 @@ class LanguageCore:
                                      attn_implementation=self.attn_implementation)
         self.model = model
         self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint_dir)
-        self.prompts = PromptBuilder(self.tokenizer, self.checkpoint_dir)
+        self.prompts = PromptBuilder(self.tokenizer, self.checkpoint_dir, self.cfg.chat_template)
         self.hidden_size = int(model.config.hidden_size)
         self.max_model_len = min(self.cfg.max_model_len, int(model.config.max_position_embeddings))
         self.device_desc = describe(device, dtype)
@@ -68,9 +68,10 @@ class LanguageCore:
         engine.metrics = self.metrics  # the warm-up is not traffic: count from here
         self.engine = engine
         self.engine.start()
-        log.info("language model %s loaded on %s (%s), %d torch threads; KV arena %d tokens (%.0f MiB)",
-                 self.model_id, self.device_desc, self.attn_implementation, torch.get_num_threads(),
-                 self.cfg.max_kv_tokens, runner.kv.num_bytes / 2**20)
+        log.info("language model %s loaded on %s (%s), %d torch threads; KV arena %d tokens (%.0f MiB); "
+                 "prompt template %s", self.model_id, self.device_desc, self.attn_implementation,
+                 torch.get_num_threads(), self.cfg.max_kv_tokens, runner.kv.num_bytes / 2**20,
+                 self.prompts.template.name)
 
     def stop(self) -> None:
         if self.engine is not None:

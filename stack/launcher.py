@@ -39,6 +39,7 @@ class StackOptions:
     device: str = "auto"
     dtype: str = "auto"
     redis_url: str = ""  # shared embedding cache for the vision pool and the gateway
+    chat_template: str = "checkpoint"  # the language processes' --chat-template
     # CPUs each role's processes are pinned to (their `--cpus`); empty: wherever the OS puts them
     vision_cpus: tuple[int, ...] = ()
     language_cpus: tuple[int, ...] = ()
@@ -124,11 +125,13 @@ class LocalStack:
     def _start_pools(self) -> None:
         common = ["--model", str(self.opts.checkpoint), "--host", self.opts.host,
                   "--device", self.opts.device, "--dtype", self.opts.dtype]
+        template = ["--chat-template", self.opts.chat_template]
         if self.opts.monolithic:
             port = free_port(self.opts.host)
             target = f"{self.opts.host}:{port}"
             metrics = ["--metrics-port", str(free_port(self.opts.host))]
-            self._spawn("monolithic", "stack.monolithic", common + ["--port", str(port)] + metrics, LANGUAGE_SERVICE, target)
+            self._spawn("monolithic", "stack.monolithic", common + ["--port", str(port)] + metrics + template,
+                        LANGUAGE_SERVICE, target)
             self.vision_targets, self.language_targets = [target], [target]
             return
         redis = ["--redis", self.opts.redis_url] if self.opts.redis_url else []
@@ -144,7 +147,7 @@ class LocalStack:
             self.language_targets.append(f"{self.opts.host}:{port}")
             metrics = ["--metrics-port", str(free_port(self.opts.host))]  # replicas share a host: no fixed port
             self._spawn(f"language-{i}", "language_service",
-                        common + ["--port", str(port)] + metrics + self.opts.language_args,
+                        common + ["--port", str(port)] + metrics + template + self.opts.language_args,
                         LANGUAGE_SERVICE, self.language_targets[-1])
 
     def _spawn(self, name: str, module: str, args: list[str], service: str, target: str) -> None:

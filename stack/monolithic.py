@@ -55,13 +55,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--attn-implementation", default="auto")
     p.add_argument("--max-running-seqs", type=int, default=16)
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: a free one)")
+    p.add_argument("--chat-template", default="checkpoint", help="checkpoint | internvl2_5 | PATH.jinja")
     a = p.parse_args(argv)
     setup_logging(a.log_level)
     device = device_config(a)
     vision_cfg = VisionConfig(model=a.model, host=a.host, port=a.port, device=device, drain_grace_s=a.drain_grace_s,
                               metrics_port=a.metrics_port)
     language_cfg = LanguageConfig(model=a.model, host=a.host, port=a.port, device=device,
-                                  max_running_seqs=a.max_running_seqs, drain_grace_s=a.drain_grace_s)
+                                  max_running_seqs=a.max_running_seqs, drain_grace_s=a.drain_grace_s,
+                                  chat_template=a.chat_template)
     asyncio.run(serve(vision_cfg, language_cfg))
 
 

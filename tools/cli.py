@@ -34,7 +34,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         checkpoint=checkpoint, host=a.host, port=a.port, grpc_port=a.grpc_port, monolithic=a.monolithic,
         vision_replicas=a.vision_replicas, language_replicas=a.language_replicas, model_name=a.model_name,
         device=a.device, dtype=a.dtype, redis_url=a.redis, log_dir=Path(a.log_dir) if a.log_dir else None,
-        threads=a.threads,
+        threads=a.threads, chat_template=a.chat_template,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -60,8 +60,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def cmd_serve_ray(a: argparse.Namespace, checkpoint: Path | str) -> int:
-    if a.monolithic or a.redis:
-        sys.exit("dvd serve --ray: --monolithic and --redis are for the process stack, not Ray")
+    if a.monolithic or a.redis or a.chat_template != "checkpoint":
+        sys.exit("dvd serve --ray: --monolithic, --redis and --chat-template are for the process stack, not Ray")
     try:
         from stack.ray_serve.local import LocalOptions, serve_forever
     except ImportError as exc:
@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--model-name", default="internvl", help="the model id clients send")
     sv.add_argument("--device", default="auto")
     sv.add_argument("--dtype", default="auto")
+    sv.add_argument("--chat-template", default="checkpoint",
+                    help="the language pool's prompt template: checkpoint | internvl2_5 | PATH.jinja")
     sv.add_argument("--log-dir", default="", help="write each process's log here instead of the terminal")
     sv.add_argument("--ray", action="store_true", help="run the pools as autoscaling Ray Serve deployments on a "
                     "local Ray (the `ray` extra); REST on --port, gRPC on --grpc-port")

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from dvd import codec as codecs
 from dvd.cache_key import cache_namespace, content_key, route_key
+from dvd.checkpoint import checkpoint_layout
 from dvd.config import VisionConfig
 from dvd.devices import describe, resolve_device, resolve_dtype
 from dvd.errors import InvalidRequest, ModelNotFound, NotFound, Unavailable
@@ -29,6 +30,8 @@ from vision_service.metrics import VisionMetrics
 from vision_service.preprocess import ImageDecodeError, PreprocessedImage, ResolvedTiling, preprocess
 from vision_service.route_cache import RouteCache
 from vision_service.routing import RouterPolicy
+from vision_service.tiling_card import NAME as CARD_TILING
+from vision_service.tiling_card import preprocess_card
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,10 @@ class VisionCore:
         self.routes = RouteCache(cfg.route_cache_bytes, cfg.route_grid_ttl_s, cfg.store_ttl_s)
         self.default_codec: Codec = cfg.codec or Codec.FP32
         self.cache_namespace = ""
+        # The layout decides the preprocessing: original = the model cards', HF-native = transformers'.
+        original = checkpoint_layout(checkpoint_dir).original
+        self.preprocessing = CARD_TILING if original else "hf-processor"
+        self._preprocess_fn = preprocess_card if original else preprocess
         self.redis = RedisStore(cfg.redis_url, cfg.store_ttl_s, cfg.redis_chunk_bytes) if cfg.redis_url else None
         self._encoding: dict[str, asyncio.Task[EncodeResult]] = {}  # content key -> its encode in flight
 
@@ -75,10 +82,14 @@ class VisionCore:
         self.router = RouterPolicy(self.cfg, self.encoder)
         # Ship features in the compute dtype unless told otherwise: lossless, and what DvD does.
         self.default_codec = self.cfg.codec or _CODEC_FOR_DTYPE[str(dtype)]
-        self.cache_namespace = cache_namespace(self.model_id, self.default_codec, self.cfg.compression, self.cfg.min_tiles,
-                                         self.cfg.max_tiles, self.cfg.use_thumbnail, self.router.key_text())
-        log.info("vision model %s loaded on %s, %d torch threads", self.model_id, describe(device, dtype),
-                 torch.get_num_threads())
+        # The model id already differs per checkpoint (so per layout); the preprocessing name also
+        # keeps apart the entries of replicas that preprocess the same checkpoint differently
+        # (a shared Redis during an upgrade across a preprocessing change).
+        self.cache_namespace = cache_namespace(f"{self.model_id}|{self.preprocessing}", self.default_codec,
+                                               self.cfg.compression, self.cfg.min_tiles, self.cfg.max_tiles,
+                                               self.cfg.use_thumbnail, self.router.key_text())
+        log.info("vision model %s loaded on %s, %d torch threads; %s preprocessing", self.model_id,
+                 describe(device, dtype), torch.get_num_threads(), self.preprocessing)
 
     def start(self) -> None:
         if self.encoder is None:
@@ -208,7 +219,7 @@ class VisionCore:
 
     async def _preprocess(self, image: bytes, options: ResolvedTiling) -> PreprocessedImage:
         try:
-            return await asyncio.to_thread(preprocess, image, options, self.cfg.max_image_pixels)
+            return await asyncio.to_thread(self._preprocess_fn, image, options, self.cfg.max_image_pixels)
         except ImageDecodeError as exc:
             raise InvalidRequest(f"cannot decode image: {exc}") from exc
 

@@ -3,7 +3,9 @@
 The output is bit-identical to transformers' ``GotOcr2ImageProcessorPil`` configured as the
 InternVL3-hf checkpoints configure it (``crop_to_patches=True``, 448x448 tiles, BICUBIC, rescale
 1/255, ImageNet mean/std), because the correctness reference is ``InternVLForConditionalGeneration``
-fed by that processor. Differences from the original InternVL ``dynamic_preprocess`` (model cards):
+fed by that processor; HF-native checkpoints are served with it. Original-layout checkpoints get
+the original InternVL ``dynamic_preprocess`` (model cards) instead, ``tiling_card.py``, which
+differs from this one in:
 
 * Grid ties between grids with the same tile count: the original sorts a ``set`` of grids by tile
   count, so equal-count grids come in set-iteration order ((4, 1), (1, 4), (2, 2) in CPython); HF
@@ -21,6 +23,7 @@ EXIF orientation is not applied, as ``GotOcr2ImageProcessorPil`` does not apply 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -71,8 +74,10 @@ class PreprocessedImage:
     original_size: tuple[int, int]  # (width, height)
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode image bytes into an RGB PIL image (transparency composited onto white).
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 to_rgb: Callable[[Image.Image], Image.Image] | None = None) -> Image.Image:
+    """Decode image bytes into an RGB PIL image (transparency composited onto white, unless
+    ``to_rgb`` converts it otherwise).
 
     The declared size is checked against ``max_pixels`` before any pixel data is decoded. PIL's
     own guard (``Image.MAX_IMAGE_PIXELS``, errors above ~179 MP) still applies on top of it.
@@ -98,7 +103,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         )
     try:
         image.load()
-        return _to_rgb(image)
+        return (to_rgb or _to_rgb)(image)
     except Exception as exc:  # truncated or corrupt pixel data surfaces only here
         raise ImageDecodeError(
             f"cannot decode {image.format} image of {width}x{height}: {exc}"
@@ -127,11 +132,12 @@ def choose_grid(width: int, height: int, opts: ResolvedTiling) -> tuple[int, int
     return best_grid
 
 
-def tile_image(image: Image.Image, opts: ResolvedTiling) -> PreprocessedImage:
-    """Resize ``image`` onto the chosen grid, cut it into tiles, add the thumbnail, normalise."""
+def tile_image(image: Image.Image, opts: ResolvedTiling, grid: tuple[int, int] | None = None) -> PreprocessedImage:
+    """Resize ``image`` onto the chosen grid (or ``grid``: (cols, rows)), cut it into tiles, add
+    the thumbnail, normalise."""
     image = _to_rgb(image)
     width, height = image.size
-    cols, rows = choose_grid(width, height, opts)
+    cols, rows = grid or choose_grid(width, height, opts)
     size = opts.tile_size
     num_grid_tiles = cols * rows
     num_tiles = num_grid_tiles + (1 if opts.use_thumbnail and num_grid_tiles > 1 else 0)
