@@ -15,6 +15,7 @@ no reason phrase, no body, no remote size, no redirect target.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import ssl
@@ -114,7 +115,7 @@ class Hop:
     host: str  # ASCII (IDNA) form
     port: int
     target: str  # path and query, percent-encoded
-    ip: str
+    ips: tuple[str, ...]  # every address the host resolved to, all checked; tried in order
 
 
 class UrlGuard:
@@ -124,7 +125,12 @@ class UrlGuard:
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self.policy = policy
         self.resolver = resolver
-        self.ssl_context = ssl_context or ssl.create_default_context()
+        self._ssl_context = ssl_context
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """The given context, else the system's trust store (loaded once, on the first https fetch)."""
+        return self._ssl_context or _default_ssl_context()
 
     async def check(self, url: str, what: str = "image") -> Hop:
         """The hop for `url`, or InvalidRequest saying why it may not be fetched."""
@@ -139,7 +145,7 @@ class UrlGuard:
             reason = None if allowed else blocked_reason(address, self.policy.allow_private)
             if reason is not None:
                 raise InvalidRequest(f"{what} URL refused: its host resolves to {reason}")
-        return Hop(url, scheme, host, port, target, str(addresses[0]))
+        return Hop(url, scheme, host, port, target, tuple(str(a) for a in addresses))
 
     async def fetch(self, url: str, what: str = "image") -> bytes:
         """GET `url` within the policy's limits; redirects are followed (each hop checked)."""
@@ -173,7 +179,7 @@ class UrlGuard:
 
     async def _get(self, hop: Hop, what: str) -> tuple[int, str, bytes]:
         """(status, Location header, body if 200) of one GET to the pinned address."""
-        backend = _PinnedBackend(hop.ip)
+        backend = _PinnedBackend(hop.ips)
         headers = [(b"Host", _host_header(hop)), (b"Accept", b"*/*"), (b"User-Agent", b"dvd-serve")]
         try:
             async with httpcore.AsyncConnectionPool(ssl_context=self.ssl_context, network_backend=backend,
@@ -208,6 +214,11 @@ class UrlGuard:
                 raise InvalidRequest(f"the {what} at that URL is larger than the limit of {self.policy.max_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+@functools.cache
+def _default_ssl_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
 
 
 def _parse(url: str, what: str) -> tuple[str, str, int, str]:
@@ -251,15 +262,22 @@ def _header(response, name: bytes) -> str:
 
 
 class _PinnedBackend(httpcore.AsyncNetworkBackend):
-    """Connects to one already-checked address whatever host the request names (TLS still
-    verifies and sends SNI for the name: httpcore passes the URL's host to start_tls)."""
+    """Connects only to already-checked addresses (the first that answers), whatever host the
+    request names; TLS still verifies and sends SNI for the name (httpcore passes the URL's host
+    to start_tls)."""
 
-    def __init__(self, ip: str) -> None:
-        self.ip = ip
+    def __init__(self, ips: tuple[str, ...]) -> None:
+        self.ips = ips
         self._inner = httpcore.AnyIOBackend()
 
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        return await self._inner.connect_tcp(self.ip, port, timeout, local_address, socket_options)
+        error: Exception = httpcore.ConnectError("no address")
+        for ip in self.ips:
+            try:
+                return await self._inner.connect_tcp(ip, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout, OSError) as exc:
+                error = exc
+        raise error
 
     async def connect_unix_socket(self, path, timeout=None, socket_options=None):
         raise httpcore.ConnectError("unix sockets are not fetched")
