@@ -56,8 +56,8 @@ class StackOptions:
     log_dir: Path | None = None  # each process logs to <name>.log here; None: inherit stdout/stderr
     ready_timeout_s: float = 900.0
     # mTLS on the internal hops (gateway -> pools, language -> vision): one PEM certificate and
-    # key every service both serves and presents, and the CA that signed it. Empty: plaintext.
-    # (The gateway's public ports take their own TLS through gateway_args.)
+    # key every service both serves and presents, and the CA that signed it; the gateway's public
+    # ports (gRPC and REST) then serve TLS with the same certificate. Empty: plaintext.
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
@@ -83,7 +83,7 @@ class LocalStack:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.opts.host}:{self.rest_port}/v1"
+        return f"{'https' if self.opts.tls_cert else 'http'}://{self.opts.host}:{self.rest_port}/v1"
 
     @property
     def grpc_target(self) -> str:
@@ -102,6 +102,7 @@ class LocalStack:
             gateway_args += [a for t in self.language_targets for a in ("--language", t)]
             gateway_args += ["--redis", self.opts.redis_url] if self.opts.redis_url else []
             gateway_args += self._tls_args("pool-tls")
+            gateway_args += ["--tls-cert", self.opts.tls_cert, "--tls-key", self.opts.tls_key] if self.opts.tls_cert else []
             self._spawn("gateway", "gateway", gateway_args + self.opts.gateway_args, GATEWAY_SERVICE,
                         f"{self.opts.host}:{self.grpc_port}")
             self._wait_ready()
@@ -180,14 +181,13 @@ class LocalStack:
         if "--metrics-port" in args:
             metrics_url = f"http://{self.opts.host}:{args[args.index('--metrics-port') + 1]}/metrics"
         elif module == "gateway":
-            metrics_url = f"http://{self.opts.host}:{self.rest_port}/metrics"
+            metrics_url = f"{self.base_url.rsplit('/', 1)[0]}/metrics"
         self.procs.append(_Proc(name, popen, target, service, metrics_url))
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.opts.ready_timeout_s
         for proc in self.procs:
-            tls = TlsFiles(self.opts.tls_cert, self.opts.tls_key, self.opts.tls_ca) if proc.name != "gateway" else None
-            with sync_channel(proc.target, tls) as channel:
+            with sync_channel(proc.target, TlsFiles(self.opts.tls_cert, self.opts.tls_key, self.opts.tls_ca)) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 while not _serving(stub, proc.service):
                     if proc.popen.poll() is not None:
