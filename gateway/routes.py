@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dvd.errors import DvdError, Internal, kind_of
 from dvd.identity import new_request_id
@@ -47,6 +48,12 @@ def create_app(pipeline: Pipeline) -> FastAPI:
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
         message = f"invalid request: {first.get('msg', 'malformed body')}" + (f" at {param}" if param else "")
         return JSONResponse(error_body(message, "invalid_request_error", 400, param), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's own errors (unparsable body, unknown path, wrong method) in OpenAI form too."""
+        kind = "invalid_request_error" if exc.status_code < 500 else "internal_error"
+        return JSONResponse(error_body(str(exc.detail), kind, exc.status_code), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
