@@ -90,6 +90,8 @@ def add_client_tls(parser: argparse.ArgumentParser, prefix: str, peer: str) -> N
     parser.add_argument(f"--{prefix}-ca", default="", help=f"PEM CA that {peer}'s TLS certificate chains to")
     parser.add_argument(f"--{prefix}-cert", default="", help=f"PEM client certificate for {peer} (mTLS)")
     parser.add_argument(f"--{prefix}-key", default="", help=f"PEM private key of --{prefix}-cert")
+    parser.add_argument(f"--{prefix}-server-name", default="",
+                        help=f"name {peer}'s certificate must carry (default: the host dialled)")
 
 
 def add_redis(parser: argparse.ArgumentParser, what: str) -> None:
@@ -106,7 +108,8 @@ def server_tls(args: argparse.Namespace) -> TlsFiles:
 
 def client_tls(args: argparse.Namespace, prefix: str) -> TlsFiles:
     p = prefix.replace("-", "_")
-    return TlsFiles(getattr(args, f"{p}_cert"), getattr(args, f"{p}_key"), getattr(args, f"{p}_ca"))
+    return TlsFiles(getattr(args, f"{p}_cert"), getattr(args, f"{p}_key"), getattr(args, f"{p}_ca"),
+                    getattr(args, f"{p}_server_name"))
 
 
 def read_secret(path: str) -> str:

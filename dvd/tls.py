@@ -20,6 +20,9 @@ class TlsFiles:
     cert_file: str = ""
     key_file: str = ""
     ca_file: str = ""
+    # Client: the name to verify the server's certificate against instead of the target's host
+    # (pods are dialled by IP; their certificate names the service).
+    server_name: str = ""
 
     def __post_init__(self) -> None:
         if bool(self.cert_file) != bool(self.key_file):
@@ -51,17 +54,21 @@ class TlsFiles:
                                             certificate_chain=self._read(self.cert_file))
 
 
+    def channel_options(self) -> list[tuple[str, str]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
 def aio_channel(target: str, tls: TlsFiles | None, options: list) -> grpc.aio.Channel:
     """An asyncio channel to `target`: TLS when `tls` is enabled, else plaintext."""
     if tls is not None and tls.enabled:
-        return grpc.aio.secure_channel(target, tls.channel_credentials(), options=options)
+        return grpc.aio.secure_channel(target, tls.channel_credentials(), options=options + tls.channel_options())
     return grpc.aio.insecure_channel(target, options=options)
 
 
 def sync_channel(target: str, tls: TlsFiles | None) -> grpc.Channel:
     """A blocking channel to `target` (launchers and tests waiting for readiness)."""
     if tls is not None and tls.enabled:
-        return grpc.secure_channel(target, tls.channel_credentials())
+        return grpc.secure_channel(target, tls.channel_credentials(), options=tls.channel_options())
     return grpc.insecure_channel(target)
 
 
