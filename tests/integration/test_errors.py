@@ -19,6 +19,7 @@ from protos.v1 import (
 from tests.integration.bad_inputs import ACCEPTED, BAD_BODIES, GOOD, post
 from tests.integration.cases import RED
 
+
 @pytest.fixture(scope="module")
 def stack(stacks, tiny_ckpt):
     return stacks(tiny_ckpt)
