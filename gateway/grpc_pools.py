@@ -15,6 +15,7 @@ import grpc
 
 from dvd import convert
 from dvd.errors import from_grpc_error
+from dvd.tls import TlsFiles
 from dvd.types import (
     Codec,
     Delta,
@@ -55,10 +56,10 @@ class _GrpcPool:
     stub_class: type
     service_name: str
 
-    def __init__(self, specs: tuple[str, ...], call_timeout_s: float = 600.0) -> None:
+    def __init__(self, specs: tuple[str, ...], call_timeout_s: float = 600.0, tls: TlsFiles | None = None) -> None:
         self.specs = tuple(_spec(s) for s in specs)
         self.call_timeout_s = call_timeout_s
-        self.replicas = ReplicaSet(self.service_name, self.stub_class)
+        self.replicas = ReplicaSet(self.service_name, self.stub_class, tls=tls)
         self._found: dict[str, frozenset[str]] = {}
         self._tasks: list[asyncio.Task] = []
 
@@ -110,8 +111,8 @@ class GrpcVisionPool(_GrpcPool):
     stub_class = vision_pb2_grpc.VisionEncoderStub
     service_name = vision_pb2.DESCRIPTOR.services_by_name["VisionEncoder"].full_name
 
-    def __init__(self, specs: tuple[str, ...], call_timeout_s: float = 600.0) -> None:
-        super().__init__(specs, call_timeout_s)
+    def __init__(self, specs: tuple[str, ...], call_timeout_s: float = 600.0, tls: TlsFiles | None = None) -> None:
+        super().__init__(specs, call_timeout_s, tls)
         self._info: PoolInfo | None = None
 
     async def info(self) -> PoolInfo:
@@ -123,9 +124,10 @@ class GrpcVisionPool(_GrpcPool):
         return self._info
 
     async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions,
-                     codec: Codec | None, request_id: str, affinity: str = "") -> EncodeResult:
+                     codec: Codec | None, request_id: str, affinity: str = "", scope: str = "") -> EncodeResult:
         """Encode one image on the replica that owns `affinity` (else the least loaded)."""
         request = vision_pb2.EncodeRequest(
+            cache_scope=scope,
             request_id=request_id, image=image, tiling=convert.tiling_to_pb(tiling),
             vir=convert.VIR_TO_PB[vir.mode] if vir.mode else 0, codec=convert.CODEC_TO_PB[codec] if codec else 0,
             vir_thresholds=convert.vir_thresholds_to_pb(vir), vir_group_scores=list(vir.group_scores),
@@ -134,9 +136,11 @@ class GrpcVisionPool(_GrpcPool):
         return EncodeResult(convert.ref_from_pb(reply.ref), convert.timings_from_pb(reply.timings), reply.cache_hit,
                             reply.num_tiles)
 
-    async def route(self, image: bytes, tiling: TilingOptions, request_id: str, affinity: str = "") -> RouteResult:
+    async def route(self, image: bytes, tiling: TilingOptions, request_id: str, affinity: str = "",
+                    scope: str = "") -> RouteResult:
         """Router scores of one image's tiles (phase one of a multi-image auto request)."""
-        request = vision_pb2.RouteRequest(request_id=request_id, image=image, tiling=convert.tiling_to_pb(tiling))
+        request = vision_pb2.RouteRequest(request_id=request_id, image=image, tiling=convert.tiling_to_pb(tiling),
+                                          cache_scope=scope)
         reply = await self._call(lambda stub: stub.Route(request, timeout=self.call_timeout_s), affinity)
         return RouteResult(tuple(reply.compress_scores), convert.timings_from_pb(reply.timings), reply.cache_hit)
 

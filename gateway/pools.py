@@ -56,10 +56,12 @@ class VisionPool(Pool, Protocol):
         """The pool's model facts, asked once and then remembered."""
 
     async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions,
-                     codec: Codec | None, request_id: str, affinity: str = "") -> EncodeResult:
-        """Encode one image; `affinity` names the replica that should own it (its cache key)."""
+                     codec: Codec | None, request_id: str, affinity: str = "", scope: str = "") -> EncodeResult:
+        """Encode one image; `affinity` names the replica that should own it (its cache key);
+        `scope` is the tenant's cache namespace (`dvd.cache_key.tenant_scope`)."""
 
-    async def route(self, image: bytes, tiling: TilingOptions, request_id: str, affinity: str = "") -> RouteResult:
+    async def route(self, image: bytes, tiling: TilingOptions, request_id: str, affinity: str = "",
+                    scope: str = "") -> RouteResult:
         """Router scores of one image's tiles (phase one of a multi-image ViR `auto` request)."""
 
 

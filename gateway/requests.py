@@ -31,6 +31,7 @@ class ChatRequest:
     tiling: TilingOptions = field(default_factory=TilingOptions)  # images; video frames are one tile each
     vir: VirOptions = field(default_factory=VirOptions)
     codec: Codec | None = None  # None: the vision pool's default
+    tenant: str = ""  # who asked (gateway.auth): cached embeddings are never shared across tenants
 
     def __post_init__(self) -> None:
         if not self.request_id:

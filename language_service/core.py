@@ -17,6 +17,7 @@ from dvd.config import LanguageConfig
 from dvd.devices import describe, resolve_attention, resolve_device, resolve_dtype
 from dvd.errors import InvalidRequest, ModelNotFound, Unavailable
 from dvd.identity import model_identity
+from dvd.redis_store import RedisStore
 from dvd.store import MemoryStore
 from dvd.types import Delta, EmbeddingRef, Message, SamplingParams
 from language_service.detokenizer import IncrementalDetokenizer
@@ -41,7 +42,8 @@ class LanguageCore:
         self.cfg = cfg
         self.checkpoint_dir = checkpoint_dir
         self.model_id = model_identity(checkpoint_dir)
-        self.fetcher = EmbeddingFetcher(cfg.fetch_timeout_s, local_stores)
+        redis = RedisStore(cfg.redis_url, 1.0, tls=cfg.redis_tls, password=cfg.redis_password) if cfg.redis_url else None
+        self.fetcher = EmbeddingFetcher(cfg.fetch_timeout_s, local_stores, tls=cfg.fetch_tls, redis=redis)
         self.metrics = EngineMetrics(registry or CollectorRegistry())
         self.engine: Engine | None = None
 

@@ -34,7 +34,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
         checkpoint=checkpoint, host=a.host, port=a.port, grpc_port=a.grpc_port, monolithic=a.monolithic,
         vision_replicas=a.vision_replicas, language_replicas=a.language_replicas, model_name=a.model_name,
         device=a.device, dtype=a.dtype, redis_url=a.redis, log_dir=Path(a.log_dir) if a.log_dir else None,
-        threads=a.threads, chat_template=a.chat_template,
+        threads=a.threads, chat_template=a.chat_template, tls_ca=a.tls_ca, tls_cert=a.tls_cert, tls_key=a.tls_key,
+        gateway_args=["--api-keys-file", a.api_keys_file] if a.api_keys_file else [],
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -104,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--num-cpus", type=int, default=None, help="--ray: CPUs of the local Ray (default: all)")
     sv.add_argument("--max-vision-replicas", type=int, default=3, help="--ray: the vision pool scales 1..N")
     sv.add_argument("--max-language-replicas", type=int, default=1, help="--ray: the language pool scales 1..N")
+    sv.add_argument("--tls-ca", default="", help="PEM CA: mTLS on every internal hop (with --tls-cert/--tls-key)")
+    sv.add_argument("--tls-cert", default="", help="PEM certificate every service serves and presents; "
+                    "the gateway's public ports serve it too")
+    sv.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
+    sv.add_argument("--api-keys-file", default="", help="gateway API keys, one `KEY [TENANT]` a line")
     sv.set_defaults(func=cmd_serve)
     add_bench_parsers(sub.add_parser("bench", help="benchmarks that print side-by-side ratios"))
     bench_commands.register_plan(sub)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import logging
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,7 +71,8 @@ class VisionCore:
         original = checkpoint_layout(checkpoint_dir).original
         self.preprocessing = CARD_TILING if original else "hf-processor"
         self._preprocess_fn = preprocess_card if original else preprocess
-        self.redis = RedisStore(cfg.redis_url, cfg.store_ttl_s, cfg.redis_chunk_bytes) if cfg.redis_url else None
+        self.redis = RedisStore(cfg.redis_url, cfg.store_ttl_s, cfg.redis_chunk_bytes, tls=cfg.redis_tls,
+                                password=cfg.redis_password) if cfg.redis_url else None
         self._encoding: dict[str, asyncio.Task[EncodeResult]] = {}  # content key -> its encode in flight
 
     def load(self) -> None:
@@ -106,13 +109,14 @@ class VisionCore:
             await self.redis.close()
 
     async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions,
-                     codec: Codec | None, model_id: str) -> EncodeResult:
+                     codec: Codec | None, model_id: str, scope: str = "") -> EncodeResult:
         """One image to a stored embedding and its ref. A content-key hit in the store skips the
         ViT; a request for an image already being encoded joins that encode instead of running
-        its own. Raises InvalidRequest (bad image, tiling or model) and ResourceExhausted (queue)."""
+        its own. `scope` (a tenant's) enters the key: hits never cross tenants. Raises
+        InvalidRequest (bad image, tiling or model) and ResourceExhausted (queue)."""
         options = self._check(image, tiling, model_id)
         plan = self.router.plan(vir)
-        key = content_key(image, tiling, vir, codec, self.cache_namespace, self.default_codec)
+        key = content_key(image, tiling, vir, codec, self.cache_namespace, self.default_codec, scope)
         self.metrics.in_flight.inc()
         try:
             cached = await self._lookup(key)
@@ -122,7 +126,7 @@ class VisionCore:
             if key in self._encoding:
                 return await self._join(self._encoding[key])
             self.metrics.cache_misses.inc()
-            grid_key = route_key(image, tiling, self.cache_namespace) if plan.group else ""
+            grid_key = route_key(image, tiling, self.cache_namespace, scope) if plan.group else ""
             task = asyncio.create_task(self._encode_miss(key, image, options, plan, codec or self.default_codec,
                                                          grid_key))
             self._encoding[key] = task
@@ -144,12 +148,12 @@ class VisionCore:
         self.metrics.cache_hits.inc()
         return EncodeResult(result.ref, StageTimings(queue_ns=time.perf_counter_ns() - started), True, result.num_tiles)
 
-    async def route(self, image: bytes, tiling: TilingOptions, model_id: str) -> RouteResult:
+    async def route(self, image: bytes, tiling: TilingOptions, model_id: str, scope: str = "") -> RouteResult:
         """ViT + router only: each tile's compress score. The ViT grid stays here (briefly) for the
         `encode` of the same image that follows, so the ViT runs once per tile."""
         options = self._check(image, tiling, model_id)
         self.router.require_router()
-        key = route_key(image, tiling, self.cache_namespace)
+        key = route_key(image, tiling, self.cache_namespace, scope)
         entry = self.routes.get(key)
         if entry is not None:
             return RouteResult(tuple(entry.scores.float().tolist()), StageTimings(), True)
@@ -196,6 +200,7 @@ class VisionCore:
             key=key, location=self.location, tile_tokens=output.tile_tokens,
             codec=codec, shape=(features.shape[0], features.shape[1]), num_bytes=len(blob),
             checksum=codecs.checksum(blob), model_id=self.model_id, compression=self.cfg.compression,
+            access_token=secrets.token_urlsafe(18),
         )
         if not self.store.put(ref, blob):
             raise InvalidRequest(f"image embeddings ({len(blob)} bytes) exceed the store's capacity")
@@ -236,7 +241,7 @@ class VisionCore:
         """Also publish to Redis when configured; this replica's memory stays the fallback."""
         if self.redis is None:
             return ref
-        shared = dataclasses.replace(ref, location=self.redis.url, fallback_location=self.location)
+        shared = dataclasses.replace(ref, location=self.redis.location, fallback_location=self.location)
         try:
             await self.redis.put(shared, blob)
         except StoreUnavailable as exc:
@@ -244,10 +249,11 @@ class VisionCore:
             return ref
         return shared
 
-    def chunks(self, key: str) -> Iterator[tuple[int, bytes, int]]:
-        """(offset, bytes, total) pieces of a stored blob, for FetchEmbedding."""
+    def chunks(self, key: str, token: str) -> Iterator[tuple[int, bytes, int]]:
+        """(offset, bytes, total) pieces of a stored blob, for FetchEmbedding. `token` must be
+        the one issued with its ref; a wrong one reads as a missing key (no oracle)."""
         entry = self.store.get(key)
-        if entry is None:
+        if entry is None or not hmac.compare_digest(entry[0].access_token.encode(), token.encode()):
             raise NotFound(f"embedding {key!r} is not in this replica's store (expired or evicted)")
         blob, step = entry[1], self.cfg.fetch_chunk_bytes
         self.metrics.fetched_bytes.inc(len(blob))
