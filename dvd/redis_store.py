@@ -2,7 +2,9 @@
 serialised EmbeddingRef and the blob in chunks (so no single value is huge), with a TTL.
 
 Every call has a short timeout: Redis is an accelerator, never a dependency. Callers treat
-`StoreUnavailable` as "fall back to the vision replica's own memory"."""
+`StoreUnavailable` as "fall back to the vision replica's own memory". A Redis that keeps failing
+or hangs trips a circuit breaker: from then on calls fail at once (no socket touched) until a
+background probe finds it answering again."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from dvd import convert
+from dvd.breaker import CircuitBreaker
 from dvd.types import EmbeddingRef
 from protos.v1 import common_pb2
 
@@ -25,32 +28,46 @@ class StoreUnavailable(Exception):
 
 
 class RedisStore:
-    def __init__(self, url: str, ttl_s: float, chunk_bytes: int = 8 * 1024 * 1024, timeout_s: float = 2.0) -> None:
+    def __init__(self, url: str, ttl_s: float, chunk_bytes: int = 8 * 1024 * 1024, timeout_s: float = 2.0,
+                 breaker_open_s: float = 5.0) -> None:
         self.url = url
         self.ttl_s = ttl_s
         self.chunk_bytes = chunk_bytes
         self._client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self.breaker = CircuitBreaker(f"redis {url}", self.ping, open_s=breaker_open_s)
         self.hits = 0
         self.misses = 0
+
+    def _check_breaker(self) -> None:
+        if not self.breaker.allow():
+            raise StoreUnavailable(f"redis {self.url} is failing: skipped (circuit open)")
+
+    def _failed(self, what: str, exc: Exception) -> StoreUnavailable:
+        self.breaker.failed()
+        return StoreUnavailable(f"redis {what} failed: {exc!r}")
 
     async def put(self, ref: EmbeddingRef, blob: bytes) -> None:
         """Write the chunks and the ref in one transaction, so readers never see half an entry."""
         chunks = {str(i).encode(): blob[o : o + self.chunk_bytes]
                   for i, o in enumerate(range(0, max(len(blob), 1), self.chunk_bytes))}
         fields = {b"ref": convert.ref_to_pb(ref).SerializeToString(), b"n": str(len(chunks)).encode(), **chunks}
+        self._check_breaker()
         try:
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hset(_PREFIX + ref.key, mapping=fields)
                 pipe.expire(_PREFIX + ref.key, int(max(self.ttl_s, 1)))
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis put failed: {exc}") from exc
+            raise self._failed("put", exc) from exc
+        self.breaker.succeeded()
 
     async def get_ref(self, key: str) -> EmbeddingRef | None:
+        self._check_breaker()
         try:
             raw = await self._client.hget(_PREFIX + key, b"ref")
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis get failed: {exc}") from exc
+            raise self._failed("get", exc) from exc
+        self.breaker.succeeded()
         if raw is None:
             self.misses += 1
             return None
@@ -60,10 +77,12 @@ class RedisStore:
         return convert.ref_from_pb(pb)
 
     async def get_blob(self, key: str) -> bytes | None:
+        self._check_breaker()
         try:
             fields = await self._client.hgetall(_PREFIX + key)
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis get failed: {exc}") from exc
+            raise self._failed("get", exc) from exc
+        self.breaker.succeeded()
         if not fields:
             return None
         count = int(fields[b"n"])
@@ -76,4 +95,5 @@ class RedisStore:
             return False
 
     async def close(self) -> None:
+        await self.breaker.close()
         await self._client.aclose()

@@ -34,6 +34,14 @@ def parse_config(argv: list[str] | None = None) -> GatewayConfig:
                    help="how long the gateway reuses an embedding ref; keep it below the vision --store-ttl-s")
     p.add_argument("--ref-cache-entries", type=int, default=100_000, help="most refs the gateway remembers")
     p.add_argument("--drain-grace-s", type=float, default=30.0)
+    p.add_argument("--request-timeout-s", type=float, default=600.0,
+                   help="every request's deadline (a client's gRPC deadline or x-request-timeout-s may shorten it)")
+    p.add_argument("--max-concurrent-requests", type=int, default=256,
+                   help="requests in flight; beyond it a fast 429 / RESOURCE_EXHAUSTED with Retry-After (0: no bound)")
+    p.add_argument("--max-inflight-mib", type=float, default=1024,
+                   help="media bytes held by requests in flight; beyond it a fast 429 (0: no bound)")
+    p.add_argument("--replica-wait-s", type=float, default=15.0,
+                   help="how long a call waits for a live replica when a pool has none, before a 503")
     p.add_argument("--log-level", default="INFO")
     add_cpus(p)
     a = p.parse_args(argv)
@@ -47,6 +55,8 @@ def parse_config(argv: list[str] | None = None) -> GatewayConfig:
         video_dir=a.video_dir, max_video_bytes=int(a.max_video_mib * 1024 * 1024),
         default_video_frames=a.video_frames, max_video_frames=a.max_video_frames, drain_grace_s=a.drain_grace_s,
         ref_cache_ttl_s=a.ref_cache_ttl_s, ref_cache_max_entries=a.ref_cache_entries,
+        request_timeout_s=a.request_timeout_s, max_concurrent_requests=a.max_concurrent_requests,
+        max_inflight_bytes=int(a.max_inflight_mib * 1024 * 1024), replica_wait_s=a.replica_wait_s,
     )
 
 

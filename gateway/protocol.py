@@ -86,7 +86,7 @@ class ChatCompletionRequest(BaseModel):
     max_tiles: int | None = Field(default=None, ge=1, le=40)
     ignore_eos: bool = False  # as in vLLM: keep generating past EOS (benchmarks with fixed output lengths)
 
-    def to_chat_request(self, request_id: str) -> ChatRequest:
+    def to_chat_request(self, request_id: str, timeout_s: float | None = None) -> ChatRequest:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         sampling = SamplingParams(
             max_tokens=self.max_completion_tokens or self.max_tokens,
@@ -98,6 +98,7 @@ class ChatCompletionRequest(BaseModel):
             messages=tuple(_turn(m) for m in self.messages), sampling=sampling, model=self.model,
             tiling=TilingOptions(min_tiles=self.min_tiles, max_tiles=self.max_tiles),
             vir=self._vir(), codec=Codec(self.codec) if self.codec else None, request_id=request_id,
+            timeout_s=timeout_s,
         )
 
     def _vir(self) -> VirOptions:

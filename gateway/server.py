@@ -31,10 +31,13 @@ def build_pipeline(cfg: GatewayConfig, vision: VisionPool | None = None,
     """The gateway's pipeline; `vision`/`language` replace the gRPC pool clients of cfg's targets
     (the Ray Serve ingress passes pools over its deployment handles)."""
     redis = RedisStore(cfg.redis_url, cfg.ref_cache_ttl_s) if cfg.redis_url else None
-    return Pipeline(cfg, vision or GrpcVisionPool(cfg.vision_targets, cfg.request_timeout_s),
-                    language or GrpcLanguagePool(cfg.language_targets, cfg.request_timeout_s),
+    cache = RefCache(cfg.ref_cache_ttl_s, cfg.ref_cache_max_entries, redis)
+    # An ejected vision replica's refs are dropped: it died, restarted empty, or is draining.
+    vision = vision or GrpcVisionPool(cfg.vision_targets, cfg.replica_wait_s,
+                                      on_eject=lambda target: cache.forget_location(f"grpc://{target}"))
+    return Pipeline(cfg, vision, language or GrpcLanguagePool(cfg.language_targets, cfg.replica_wait_s),
                     ImageLoader(cfg.max_image_bytes, cfg.image_fetch_timeout_s, cfg.allow_http_images),
-                    RefCache(cfg.ref_cache_ttl_s, cfg.ref_cache_max_entries, redis), GatewayMetrics(new_registry()))
+                    cache, GatewayMetrics(new_registry()))
 
 
 async def serve(cfg: GatewayConfig) -> None:
