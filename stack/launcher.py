@@ -91,7 +91,7 @@ class LocalStack:
     def start(self) -> LocalStack:
         try:
             self._start_pools()
-            self._wait_ready()
+            self.wait_ready()
             gateway_args = ["--host", self.opts.host, "--port", str(self.rest_port), "--grpc-port", str(self.grpc_port),
                             "--model-name", self.opts.model_name, "--model-root", str(self.opts.checkpoint)]
             gateway_args += [a for t in self.vision_targets for a in ("--vision", t)]
@@ -99,7 +99,7 @@ class LocalStack:
             gateway_args += ["--redis", self.opts.redis_url] if self.opts.redis_url else []
             self._spawn("gateway", "gateway", gateway_args + self.opts.gateway_args, GATEWAY_SERVICE,
                         f"{self.opts.host}:{self.grpc_port}")
-            self._wait_ready()
+            self.wait_ready()
         except BaseException:
             self.stop()
             raise
@@ -125,7 +125,7 @@ class LocalStack:
             proc.popen.kill()
             proc.popen.wait()
         self.respawn(name)
-        self._wait_ready([proc])
+        self.wait_ready([proc])
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM everything (gateway first so no new work arrives), then wait, then kill."""
@@ -195,7 +195,7 @@ class LocalStack:
             metrics_url = f"http://{self.opts.host}:{self.rest_port}/metrics"
         self.procs.append(_Proc(name, popen, target, service, metrics_url, argv))
 
-    def _wait_ready(self, procs: list[_Proc] | None = None) -> None:
+    def wait_ready(self, procs: list[_Proc] | None = None) -> None:
         deadline = time.monotonic() + self.opts.ready_timeout_s
         for proc in self.procs if procs is None else procs:
             with grpc.insecure_channel(proc.target) as channel:

@@ -14,7 +14,7 @@ from dvd.flags import setup_logging
 from stack.launcher import LocalStack, StackOptions
 from stack.supervisor import RestartPolicy, Supervisor
 from tools.bench import commands as bench_commands
-from tools.bench import transport
+from tools.bench import fault_commands, transport
 from tools.bench import vir as bench_vir
 from tools.bench import vit as bench_vit
 from tools.checkpoint import PRESETS, ensure_checkpoint, make_checkpoint
@@ -130,6 +130,7 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     bench_vir.register(kinds)
     bench_vit.register(kinds)
     bench_commands.register_bench(kinds)
+    fault_commands.register(kinds)
 
 
 def cmd_bench_engine(a: argparse.Namespace) -> int:
