@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TINY := checkpoints/tiny/config.json
 PYTEST_ARGS ?=
 
-.PHONY: install serve lint test test-slow protos clean aiperf-check
+.PHONY: install serve lint test test-faults test-slow protos clean aiperf-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,7 +32,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 test: lint
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not faults" $(PYTEST_ARGS)
+
+# Rolling restarts, hung replicas and a bounded soak on whole stacks (a few minutes on 2 cores).
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -m "faults and not slow" $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

@@ -40,7 +40,11 @@ log = logging.getLogger(__name__)
 # Failures that say "this replica, now" rather than "this request": try another replica.
 # DEADLINE_EXCEEDED is not one: every call's timeout is what is left of the request's deadline,
 # so it says the request ran out of time (a hung replica is found by keepalive: UNAVAILABLE).
-RETRY_ELSEWHERE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNKNOWN}
+# CANCELLED is one: this process cancels its own calls only when its caller went away (then
+# asyncio cancels it too and nothing is retried), so a CANCELLED status says a replica that
+# was shutting down cut the call.
+RETRY_ELSEWHERE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNKNOWN,
+                   grpc.StatusCode.CANCELLED}
 # Of those, the ones that say the replica itself is unwell: eject it for a while.
 EJECT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN}
 MAX_ATTEMPTS = 3
@@ -70,6 +74,8 @@ def _timeout(deadline: Deadline | None, what: str) -> float:
 
 def _final_error(err: grpc.aio.AioRpcError, pool: str, num_replicas: int) -> DvdError:
     """The domain error of a call that will not be retried; a pool with nothing left says so."""
+    if err.code() != grpc.StatusCode.FAILED_PRECONDITION:  # a lost embedding is the pipeline's to handle
+        log.warning("%s call failed for good: %s %s", pool, err.code().name, err.details())
     if err.code() == grpc.StatusCode.UNAVAILABLE:
         return Unavailable(f"the {pool} pool has no live replica ({num_replicas} known, none answering): "
                            f"{err.details() or 'unavailable'}")

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 # A vision replica answering these for a ref has not got its embeddings (any more): gone, restarted
 # empty, or the bytes broke on the way. The ref is dead, not the request.
-LOST = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DATA_LOSS}
+# CANCELLED: the replica was shutting down and cut the fetch.
+LOST = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.CANCELLED}
 
 
 class EmbeddingFetcher:

@@ -16,6 +16,8 @@ from stack.launcher import LocalStack, StackOptions
 from tests.conftest import png_bytes
 from tests.integration.cases import data_url
 
+pytestmark = pytest.mark.faults  # minutes of process restarts: `make test-faults`
+
 
 @pytest.fixture(scope="module")
 def stack(tiny_ckpt, tmp_path_factory):
