@@ -1,13 +1,14 @@
 """`dvd bench soak`: a long run with faults. A whole stack (N vision + M language replicas, the
 gateway, a Redis, and the supervisor `dvd serve` runs) takes `num_requests` streaming requests
 with image reuse from `concurrency` clients, while faults are injected at evenly spaced points of
-the run: a replica SIGKILLed (the supervisor restarts it) or Redis restarted empty.
+the first part of the run (up to `faults_until`): a replica SIGKILLed (the supervisor restarts
+it) or Redis restarted empty. The rest of the run is the memory window.
 
 It reports whether anything was lost (every request ends in success or in an error that a fault
 accounts for: the request was in flight while a fault was being recovered from), hung (a request
 that hit the client timeout), and the resident memory of every process sampled through the run,
-with its least-squares slope after warm-up (MiB per 1,000 requests, on each process's current
-incarnation: a restarted process starts its own series)."""
+with its least-squares slope over the memory window (MiB per 1,000 requests): the requests after
+the last fault was recovered from plus a settling margin, on every process's last incarnation."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ class SoakOptions:
     output_tokens: int = 8
     image_size: ImageSize = ImageSize(448, 448)
     faults: tuple[str, ...] = ("vision-1", "language-1", "redis", "vision-0", "language-0")
-    warmup_fraction: float = 0.2  # of the requests; memory slopes use samples after it
+    faults_until: float = 0.5  # of the requests: faults are spread evenly over the run before it
+    settle_fraction: float = 0.1  # of the requests, after the last recovery, before the memory window
     request_timeout_s: float = 120.0  # a request that takes longer counts as hung
     sample_s: float = 1.0
 
@@ -62,7 +64,7 @@ class SoakResult:
     records: list[RequestRecord]
     faults: list[Fault]
     rss: dict[str, list[tuple[int, float, float]]]  # name -> (pid, requests done, MiB) samples
-    warmup_requests: int
+    window_start: int  # requests done when the memory window opens
     duration_s: float
     unexplained: list[RequestRecord] = field(default_factory=list)
 
@@ -75,11 +77,11 @@ class SoakResult:
         return [r for r in self.records if not r.ok]
 
     def slopes(self) -> dict[str, float | None]:
-        """MiB per 1,000 requests after warm-up, per process (its last incarnation); None: too few samples."""
+        """MiB per 1,000 requests over the memory window, per process (its last incarnation); None: too few samples."""
         out: dict[str, float | None] = {}
         for name, samples in self.rss.items():
             last_pid = samples[-1][0] if samples else None
-            points = [(done, mib) for pid, done, mib in samples if pid == last_pid and done >= self.warmup_requests]
+            points = [(done, mib) for pid, done, mib in samples if pid == last_pid and done >= self.window_start]
             xs = np.array([p[0] for p in points], dtype=float)
             out[name] = float(np.polyfit(xs, [p[1] for p in points], 1)[0] * 1000) if len(set(xs)) >= 3 else None
         return out
@@ -143,6 +145,13 @@ async def _load(client: RestClient, requests, concurrency: int, on_done) -> list
     return records
 
 
+def _window_start(records: list[RequestRecord], faults: list[Fault], opts: SoakOptions) -> int:
+    """Requests done by the time the last fault was recovered from, plus the settling margin."""
+    recovered = max((f.recovered_s for f in faults), default=0.0)
+    done_by_then = sum(r.sent_s + (r.e2e_s or 0) <= recovered for r in records)
+    return done_by_then + int(opts.num_requests * opts.settle_fraction)
+
+
 def _account(result: SoakResult) -> None:
     """A failed request is explained when it was in flight while a fault was being recovered from."""
     windows = [(f.started_s, f.recovered_s + RECOVERY_SLACK_S) for f in result.faults]
@@ -162,7 +171,7 @@ def run_soak(opts: SoakOptions) -> SoakResult:
     spec = WorkloadSpec(image_sizes=(opts.image_size,), reuse=opts.reuse, prompt_words=8,
                         output_tokens=opts.output_tokens)
     requests = build_requests(spec, opts.num_requests)
-    step = opts.num_requests // (len(opts.faults) + 1)
+    step = int(opts.num_requests * opts.faults_until) // (len(opts.faults) + 1)
     faults = [Fault(what, step * (i + 1)) for i, what in enumerate(opts.faults)]
     done = [0]
     sampler = _Sampler(stack, lambda: done[0], opts.sample_s)
@@ -194,7 +203,7 @@ def run_soak(opts: SoakOptions) -> SoakResult:
         supervisor.stop()
         stack.stop()
         redis.stop()
-    result = SoakResult(records, faults, sampler.samples, int(opts.num_requests * opts.warmup_fraction),
+    result = SoakResult(records, faults, sampler.samples, _window_start(records, faults, opts),
                         time.perf_counter() - t0)
     _account(result)
     return result
@@ -212,6 +221,14 @@ def summary(result: SoakResult) -> dict:
         "cached_images": sum(r.cached_images for r in result.records),
         "faults": [{"what": f.what, "at_request": f.at_request, "started_s": round(f.started_s, 1),
                     "recovered_s": round(f.recovered_s, 1)} for f in result.faults],
-        "rss_mib_last": {name: round(s[-1][2], 1) for name, s in result.rss.items() if s},
+        "memory_window_from_request": result.window_start,
+        "rss_mib_window": {name: _window_range(s, result.window_start) for name, s in result.rss.items() if s},
         "rss_slope_mib_per_1k_requests": {k: None if v is None else round(v, 2) for k, v in result.slopes().items()},
     }
+
+
+def _window_range(samples: list[tuple[int, float, float]], start: int) -> list[float]:
+    """[first, last] RSS MiB of the last incarnation inside the memory window."""
+    last_pid = samples[-1][0]
+    inside = [mib for pid, done, mib in samples if pid == last_pid and done >= start]
+    return [round(inside[0], 1), round(inside[-1], 1)] if inside else []
