@@ -23,7 +23,7 @@ def cmd_soak(a: argparse.Namespace) -> int:
     out = _out(a, "soak")
     opts = SoakOptions(checkpoint=Path(ensure_checkpoint(a.preset, Path(a.checkpoint_root))), log_dir=out / "logs",
                        num_requests=a.num_requests, concurrency=a.concurrency, reuse=a.reuse_pct / 100,
-                       faults=tuple(f for f in a.faults.split(",") if f))
+                       faults=tuple(f for f in a.faults.split(",") if f), store_max_mib=a.store_max_mib)
     result = summary(run_soak(opts))
     (out / "soak.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1) + f"\n\nresults: {out}/soak.json")
@@ -53,6 +53,8 @@ def register(kinds) -> None:
     so.add_argument("--reuse-pct", type=float, default=50)
     so.add_argument("--faults", default="vision-1,language-1,redis,vision-0,language-0",
                     help="injected in this order at evenly spaced points: a process name (SIGKILL) or redis")
+    so.add_argument("--store-max-mib", type=int, default=16,
+                    help="vision embedding store cap: filled early, so later memory growth would be a leak")
     so.add_argument("--out-dir", default="")
     so.set_defaults(func=cmd_soak)
     ov = kinds.add_parser("overload", help="p99 TTFT of admitted requests at 2x the sustainable load vs unloaded")

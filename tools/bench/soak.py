@@ -49,6 +49,9 @@ class SoakOptions:
     settle_fraction: float = 0.1  # of the requests, after the last recovery, before the memory window
     request_timeout_s: float = 120.0  # a request that takes longer counts as hung
     sample_s: float = 1.0
+    # The vision replicas' embedding store, small enough to fill early in the run: past that point
+    # their memory holds still unless something leaks (the default 2 GiB would grow all run long).
+    store_max_mib: int = 16
 
 
 @dataclass
@@ -165,7 +168,8 @@ def run_soak(opts: SoakOptions) -> SoakResult:
     redis = RedisServer(opts.log_dir / "redis").start()
     stack_opts = StackOptions(checkpoint=opts.checkpoint, device="cpu", dtype="float32", redis_url=redis.url,
                               vision_replicas=opts.vision_replicas, language_replicas=opts.language_replicas,
-                              log_dir=opts.log_dir, ready_timeout_s=600)
+                              log_dir=opts.log_dir, ready_timeout_s=600,
+                              vision_args=["--store-max-mib", str(opts.store_max_mib)])
     stack = LocalStack(stack_opts).start()
     supervisor = Supervisor(stack, RestartPolicy(base_s=0.5, max_s=5.0)).start()
     spec = WorkloadSpec(image_sizes=(opts.image_size,), reuse=opts.reuse, prompt_words=8,
