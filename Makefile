@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TINY := checkpoints/tiny/config.json
 PYTEST_ARGS ?=
 
-.PHONY: install serve lint test test-slow protos clean aiperf-check
+.PHONY: install serve lint test test-faults test-slow protos clean aiperf-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,8 +31,13 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
 
+# The default suite includes the `faults` suites (rolling restarts, hung replicas, a bounded soak:
+# a few minutes on 2 cores); `make test-faults` runs just those.
 test: lint
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -m "faults and not slow" $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

@@ -69,8 +69,12 @@ class VisionConfig:
     health_port: int = 0  # plaintext gRPC health alone (Kubernetes probes); 0: none
     redis_tls: TlsFiles = field(default_factory=TlsFiles)  # rediss:// CA and client certificate
     redis_password: str = field(default="", repr=False)  # Redis AUTH; never in refs or logs
+    # Tiles waiting for the ViT (what memory and latency scale with; an image is 1-40 tiles).
+    # Beyond it: RESOURCE_EXHAUSTED. One image larger than the bound is admitted into an empty queue.
+    max_queue_tiles: int = 1024
 
     def __post_init__(self) -> None:
+        _positive(max_queue_tiles=self.max_queue_tiles)
         _positive(redis_chunk_bytes=self.redis_chunk_bytes, max_queue_images=self.max_queue_images,
                   store_max_bytes=self.store_max_bytes, store_ttl_s=self.store_ttl_s,
                   fetch_chunk_bytes=self.fetch_chunk_bytes, max_image_bytes=self.max_image_bytes)
@@ -164,8 +168,14 @@ class GatewayConfig:
     pool_tls: TlsFiles = field(default_factory=TlsFiles)  # client TLS to the vision and language pools
     redis_tls: TlsFiles = field(default_factory=TlsFiles)
     redis_password: str = field(default="", repr=False)
+    # Overload: requests in flight and media bytes they hold; past either, a fast 429 (0: no bound).
+    max_concurrent_requests: int = 256
+    max_inflight_bytes: int = 1024 * 1024 * 1024
+    replica_wait_s: float = 15.0  # a call that finds no live replica waits this long for one (then 503)
 
     def __post_init__(self) -> None:
+        if self.max_concurrent_requests < 0 or self.max_inflight_bytes < 0 or self.replica_wait_s < 0:
+            raise ValueError("max_concurrent_requests, max_inflight_bytes and replica_wait_s must be >= 0")
         if not self.vision_targets or not self.language_targets:
             raise ValueError("the gateway needs at least one vision and one language target")
         _positive(max_image_bytes=self.max_image_bytes, max_images_per_request=self.max_images_per_request,

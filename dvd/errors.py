@@ -31,7 +31,12 @@ class NotFound(DvdError):
 
 
 class ResourceExhausted(DvdError):
-    """A queue or memory budget is full; retry later."""
+    """A queue or memory budget is full; retry after `retry_after_s` (sent as `Retry-After`: the
+    REST header, and the gRPC trailing metadata key `retry-after`)."""
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(DvdError):
@@ -40,6 +45,12 @@ class Unavailable(DvdError):
 
 class DataCorrupted(DvdError):
     """Bytes failed their checksum or could not be decoded."""
+
+
+class EmbeddingLost(DvdError):
+    """A language replica could not fetch an image's embeddings (their vision replica died or
+    restarted, or the store lost them). Raised before the first token; the gateway re-encodes
+    and retries instead of failing the request, and does not blame the language replica."""
 
 
 class DeadlineExceeded(DvdError):
@@ -73,6 +84,9 @@ ERROR_TABLE: dict[type[DvdError], ErrorKind] = {
     ResourceExhausted: ErrorKind(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error"),
     Unavailable: ErrorKind(grpc.StatusCode.UNAVAILABLE, 503, "service_unavailable"),
     DataCorrupted: ErrorKind(grpc.StatusCode.DATA_LOSS, 502, "upstream_error"),
+    # FAILED_PRECONDITION is used by nothing else, so the gateway can tell a lost embedding from
+    # the language replica's own failures; a client sees it only if the re-encode fails too.
+    EmbeddingLost: ErrorKind(grpc.StatusCode.FAILED_PRECONDITION, 503, "service_unavailable"),
     DeadlineExceeded: ErrorKind(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "timeout_error"),
     Internal: ErrorKind(grpc.StatusCode.INTERNAL, 500, "internal_error"),
     Unauthenticated: ErrorKind(grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"),
@@ -92,9 +106,26 @@ def kind_of(exc: DvdError) -> ErrorKind:
     return ERROR_TABLE[Internal]
 
 
+RETRY_AFTER_KEY = "retry-after"  # gRPC trailing metadata of RESOURCE_EXHAUSTED: seconds, as in HTTP
+
+
+def retry_after_of(err: grpc.RpcError) -> float | None:
+    """The `retry-after` trailing metadata of a failed call, in seconds; None when absent."""
+    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == RETRY_AFTER_KEY:
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
 def from_grpc_error(err: grpc.RpcError) -> DvdError:
     """Turn a failed upstream call back into the domain error it came from."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
     cls = _BY_CODE.get(code, Internal)
+    if cls is ResourceExhausted:
+        return ResourceExhausted(details or code.name, retry_after_s=retry_after_of(err) or 1.0)
     return cls(details or code.name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -13,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from dvd.errors import DvdError, Internal, kind_of
+from dvd.errors import RETRY_AFTER_KEY, DvdError, Internal, ResourceExhausted, kind_of
 from dvd.tls import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -21,23 +22,36 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
+# Keepalive: a peer that stops answering (SIGSTOPped, a frozen VM, a cut cable) while calls are
+# open is found within KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS and its calls fail UNAVAILABLE,
+# so the gateway retries them elsewhere instead of waiting out the request deadline. Servers
+# accept pings this often (their default minimum is 5 minutes: faster pings get a GOAWAY).
+KEEPALIVE_TIME_MS = 5_000
+KEEPALIVE_TIMEOUT_MS = 3_000
+
+
 def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES, client: bool = False) -> list[tuple[str, int]]:
-    """Options for both ends: large messages, and keepalives so dead peers are noticed. Clients
-    also cap the reconnect backoff (gRPC's default grows to 120 s): a peer that was down while
-    this process started, or restarted, is found again within seconds."""
+    """Options for both ends: large messages, and keepalives so dead or hung peers are noticed.
+    Clients also cap the reconnect backoff (gRPC's default grows to 120 s): a peer that was down
+    while this process started, or restarted, is found again within seconds."""
     reconnect = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
                  ("grpc.max_reconnect_backoff_ms", 2_000)] if client else []
-    return reconnect + [
+    accept_pings = [] if client else [("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+                                      ("grpc.http2.min_time_between_pings_ms", KEEPALIVE_TIME_MS // 2)]
+    return reconnect + accept_pings + [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    if isinstance(exc, ResourceExhausted):  # the client's cue to back off: seconds, as HTTP's Retry-After
+        await context.abort(kind_of(exc).grpc_code, exc.message,
+                            trailing_metadata=((RETRY_AFTER_KEY, str(math.ceil(exc.retry_after_s))),))
     if isinstance(exc, DvdError):
         await context.abort(kind_of(exc).grpc_code, exc.message)
     log.exception("unhandled error in %s", getattr(context, "_method", "rpc"))
@@ -142,10 +156,11 @@ class GrpcService:
             await self.health.set(name, status)
 
     async def serve_forever(self, grace_s: float, on_stop: Callable[[], Awaitable[None]] | None = None,
-                            linger_s: float = 0.0) -> None:
+                            linger_s: float = 0.0, after_stop: Callable[[], Awaitable[None]] | None = None) -> None:
         """Block until SIGTERM/SIGINT, then drain: NOT_SERVING; keep serving for `linger_s` (so
-        callers notice and peers can still pull what this replica holds); finish in-flight
-        calls within `grace_s`; stop."""
+        callers notice and peers can still pull what this replica holds); `on_stop` (stop other
+        front doors); finish in-flight calls within `grace_s`; stop; `after_stop` (release what
+        the in-flight calls were using: batcher, engine, fetch channels)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -158,5 +173,8 @@ class GrpcService:
         if on_stop is not None:
             await on_stop()
         await self.server.stop(grace_s)
+        log.info("drained; stopping")
+        if after_stop is not None:
+            await after_stop()
         if self._health_server is not None:
             await self._health_server.stop(0)

@@ -2,7 +2,9 @@
 serialised EmbeddingRef and the blob in chunks (so no single value is huge), with a TTL.
 
 Every call has a short timeout: Redis is an accelerator, never a dependency. Callers treat
-`StoreUnavailable` as "fall back to the vision replica's own memory"."""
+`StoreUnavailable` as "fall back to the vision replica's own memory". A Redis that keeps failing
+or hangs trips a circuit breaker: from then on calls fail at once (no socket touched) until a
+background probe finds it answering again."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from dvd import convert
+from dvd.breaker import CircuitBreaker
 from dvd.tls import TlsFiles, redis_tls_kwargs
 from dvd.types import EmbeddingRef
 from protos.v1 import common_pb2
@@ -40,7 +43,7 @@ class RedisStore:
     refs name; the password (AUTH) and TLS files stay in this object."""
 
     def __init__(self, url: str, ttl_s: float, chunk_bytes: int = 8 * 1024 * 1024, timeout_s: float = 2.0,
-                 tls: TlsFiles | None = None, password: str = "") -> None:
+                 tls: TlsFiles | None = None, password: str = "", breaker_open_s: float = 5.0) -> None:
         self.location = redact_url(url)
         self.ttl_s = ttl_s
         self.chunk_bytes = chunk_bytes
@@ -48,27 +51,40 @@ class RedisStore:
         tls_kwargs = redis_tls_kwargs(tls) if url.startswith("rediss://") else {}
         self._client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                                **auth, **tls_kwargs)
+        self.breaker = CircuitBreaker(f"redis {self.location}", self.ping, open_s=breaker_open_s)
         self.hits = 0
         self.misses = 0
+
+    def _check_breaker(self) -> None:
+        if not self.breaker.allow():
+            raise StoreUnavailable(f"redis {self.location} is failing: skipped (circuit open)")
+
+    def _failed(self, what: str, exc: Exception) -> StoreUnavailable:
+        self.breaker.failed()
+        return StoreUnavailable(f"redis {what} failed: {type(exc).__name__}")  # never the URL or its password
 
     async def put(self, ref: EmbeddingRef, blob: bytes) -> None:
         """Write the chunks and the ref in one transaction, so readers never see half an entry."""
         chunks = {str(i).encode(): blob[o : o + self.chunk_bytes]
                   for i, o in enumerate(range(0, max(len(blob), 1), self.chunk_bytes))}
         fields = {b"ref": convert.ref_to_pb(ref).SerializeToString(), b"n": str(len(chunks)).encode(), **chunks}
+        self._check_breaker()
         try:
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hset(_PREFIX + ref.key, mapping=fields)
                 pipe.expire(_PREFIX + ref.key, int(max(self.ttl_s, 1)))
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis put failed: {type(exc).__name__}") from exc
+            raise self._failed("put", exc) from exc
+        self.breaker.succeeded()
 
     async def get_ref(self, key: str) -> EmbeddingRef | None:
+        self._check_breaker()
         try:
             raw = await self._client.hget(_PREFIX + key, b"ref")
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis get failed: {type(exc).__name__}") from exc
+            raise self._failed("get", exc) from exc
+        self.breaker.succeeded()
         if raw is None:
             self.misses += 1
             return None
@@ -80,10 +96,12 @@ class RedisStore:
     async def get_blob(self, key: str, token: str = "") -> bytes | None:
         """The blob stored under `key`, if the ref stored with it carries `token` (None otherwise:
         a content key alone never reads an embedding)."""
+        self._check_breaker()
         try:
             fields = await self._client.hgetall(_PREFIX + key)
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis get failed: {type(exc).__name__}") from exc
+            raise self._failed("get", exc) from exc
+        self.breaker.succeeded()
         if not fields or not _token_matches(fields.get(b"ref"), token):
             return None
         count = int(fields[b"n"])
@@ -96,6 +114,7 @@ class RedisStore:
             return False
 
     async def close(self) -> None:
+        await self.breaker.close()
         await self._client.aclose()
 
 

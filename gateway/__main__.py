@@ -50,6 +50,14 @@ def parse_config(argv: list[str] | None = None) -> GatewayConfig:
                    help="how long the gateway reuses an embedding ref; keep it below the vision --store-ttl-s")
     p.add_argument("--ref-cache-entries", type=int, default=100_000, help="most refs the gateway remembers")
     p.add_argument("--drain-grace-s", type=float, default=30.0)
+    p.add_argument("--request-timeout-s", type=float, default=600.0,
+                   help="every request's deadline (a client's gRPC deadline or x-request-timeout-s may shorten it)")
+    p.add_argument("--max-concurrent-requests", type=int, default=256,
+                   help="requests in flight; beyond it a fast 429 / RESOURCE_EXHAUSTED with Retry-After (0: no bound)")
+    p.add_argument("--max-inflight-mib", type=float, default=1024,
+                   help="media bytes held by requests in flight; beyond it a fast 429 (0: no bound)")
+    p.add_argument("--replica-wait-s", type=float, default=15.0,
+                   help="how long a call waits for a live replica when a pool has none, before a 503")
     p.add_argument("--log-level", default="INFO")
     add_cpus(p)
     _add_security(p)
@@ -72,6 +80,8 @@ def parse_config(argv: list[str] | None = None) -> GatewayConfig:
         max_grpc_message_bytes=int(a.max_grpc_message_mib * 1024 * 1024), tls=server_tls(a),
         health_port=a.health_port, pool_tls=client_tls(a, "pool-tls"), redis_tls=client_tls(a, "redis-tls"),
         redis_password=read_secret(a.redis_password_file),
+        request_timeout_s=a.request_timeout_s, max_concurrent_requests=a.max_concurrent_requests,
+        max_inflight_bytes=int(a.max_inflight_mib * 1024 * 1024), replica_wait_s=a.replica_wait_s,
     )
 
 

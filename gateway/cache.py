@@ -44,6 +44,20 @@ class RefCache:
     def remember(self, key: str, ref: EmbeddingRef) -> None:
         self._refs[key] = ref
 
+    def forget(self, keys) -> None:
+        """Drop these keys' refs (their embeddings were reported lost)."""
+        for key in keys:
+            self._refs.pop(key, None)
+
+    def forget_location(self, location: str) -> int:
+        """Drop every ref whose embeddings live at `location` (a vision replica that died or was
+        ejected: what it held is gone or soon will be); returns how many. A scan, but a rare one."""
+        dead = [key for key, ref in self._refs.items() if ref.location == location]
+        self.forget(dead)
+        if dead:
+            log.info("dropped %d cached refs pointing at %s", len(dead), location)
+        return len(dead)
+
     async def close(self) -> None:
         if self._redis is not None:
             await self._redis.close()

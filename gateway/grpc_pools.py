@@ -2,19 +2,22 @@
 module: callers get `dvd.types` objects. Each pool follows its discovery specs (static list, DNS, or Kubernetes
 EndpointSlices), checks replica health every few seconds, and retries a failed call on
 another replica where that is safe: Encode always (it is idempotent: content-keyed), Generate
-only before its first token."""
+only before its first token. Retries back off with jitter and share the request's deadline;
+every call's timeout is what is left of it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
 from dvd import convert
-from dvd.errors import from_grpc_error
+from dvd.deadline import Deadline
+from dvd.errors import DvdError, Unavailable, from_grpc_error
 from dvd.tls import TlsFiles
 from dvd.types import (
     Codec,
@@ -36,13 +39,48 @@ from protos.v1 import language_pb2, language_pb2_grpc, vision_pb2, vision_pb2_gr
 log = logging.getLogger(__name__)
 
 # Failures that say "this replica, now" rather than "this request": try another replica.
-RETRY_ELSEWHERE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED,
-                   grpc.StatusCode.UNKNOWN}
+# DEADLINE_EXCEEDED is not one: every call's timeout is what is left of the request's deadline,
+# so it says the request ran out of time (a hung replica is found by keepalive: UNAVAILABLE).
+# CANCELLED is one: this process cancels its own calls only when its caller went away (then
+# asyncio cancels it too and nothing is retried), so a CANCELLED status says a replica that
+# was shutting down cut the call.
+RETRY_ELSEWHERE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNKNOWN,
+                   grpc.StatusCode.CANCELLED}
 # Of those, the ones that say the replica itself is unwell: eject it for a while.
-EJECT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN}
+EJECT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN}
 MAX_ATTEMPTS = 3
 HEALTH_PERIOD_S = 5.0  # every replica
 EJECTED_PROBE_PERIOD_S = 0.5  # ejected replicas whose backoff has passed
+# Before retry n (n >= 1): a uniform pause in [0, min(CAP, BASE * 2**(n-1))] ("full jitter"), so a
+# burst that found every replica full does not come back in lockstep.
+RETRY_BASE_S = 0.05
+RETRY_CAP_S = 0.5
+DEFAULT_TIMEOUT_S = 600.0  # a call made without a request deadline (Info, direct callers)
+
+
+_rng = random.Random()
+
+
+async def backoff(attempt: int, deadline: Deadline | None, rng: random.Random = _rng) -> None:
+    """Sleep before retry `attempt` (1 = the first retry), never past the deadline."""
+    pause = rng.uniform(0, min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (attempt - 1)))
+    if deadline is not None:
+        pause = min(pause, max(deadline.remaining_s(), 0))
+    await asyncio.sleep(pause)
+
+
+def _timeout(deadline: Deadline | None, what: str) -> float:
+    return deadline.timeout_s(what=what) if deadline is not None else DEFAULT_TIMEOUT_S
+
+
+def _final_error(err: grpc.aio.AioRpcError, pool: str, num_replicas: int) -> DvdError:
+    """The domain error of a call that will not be retried; a pool with nothing left says so."""
+    if err.code() != grpc.StatusCode.FAILED_PRECONDITION:  # a lost embedding is the pipeline's to handle
+        log.warning("%s call failed for good: %s %s", pool, err.code().name, err.details())
+    if err.code() == grpc.StatusCode.UNAVAILABLE:
+        return Unavailable(f"the {pool} pool has no live replica ({num_replicas} known, none answering): "
+                           f"{err.details() or 'unavailable'}")
+    return from_grpc_error(err)
 
 
 def _spec(text: str) -> str:
@@ -56,10 +94,13 @@ class _GrpcPool:
     stub_class: type
     service_name: str
 
-    def __init__(self, specs: tuple[str, ...], call_timeout_s: float = 600.0, tls: TlsFiles | None = None) -> None:
+    pool_name: str
+
+    def __init__(self, specs: tuple[str, ...], replica_wait_s: float = 15.0,
+                 on_eject: Callable[[str], None] | None = None, tls: TlsFiles | None = None) -> None:
         self.specs = tuple(_spec(s) for s in specs)
-        self.call_timeout_s = call_timeout_s
-        self.replicas = ReplicaSet(self.service_name, self.stub_class, tls=tls)
+        self.replica_wait_s = replica_wait_s
+        self.replicas = ReplicaSet(self.service_name, self.stub_class, on_eject=on_eject, tls=tls)
         self._found: dict[str, frozenset[str]] = {}
         self._tasks: list[asyncio.Task] = []
 
@@ -104,15 +145,25 @@ class _GrpcPool:
         if err.code() in EJECT:
             self.replicas.failed(replica, err.code().name)
 
+    async def _acquire(self, affinity: str, tried: set[str], deadline: Deadline | None) -> Replica:
+        wait_s = self.replica_wait_s if deadline is None else min(self.replica_wait_s, max(deadline.remaining_s(), 0))
+        return await self.replicas.acquire(affinity, exclude=frozenset(tried), wait_s=wait_s)
+
+    def _gives_up(self, err: grpc.aio.AioRpcError, tried: set[str], retryable: bool = True) -> bool:
+        return (not retryable or err.code() not in RETRY_ELSEWHERE
+                or len(tried) >= min(MAX_ATTEMPTS, len(self.replicas.replicas)))
+
 
 class GrpcVisionPool(_GrpcPool):
     """The vision pool over gRPC: `VisionEncoder` replicas, content-key affinity, retries elsewhere."""
 
     stub_class = vision_pb2_grpc.VisionEncoderStub
     service_name = vision_pb2.DESCRIPTOR.services_by_name["VisionEncoder"].full_name
+    pool_name = "vision"
 
-    def __init__(self, specs: tuple[str, ...], call_timeout_s: float = 600.0, tls: TlsFiles | None = None) -> None:
-        super().__init__(specs, call_timeout_s, tls)
+    def __init__(self, specs: tuple[str, ...], replica_wait_s: float = 15.0,
+                 on_eject: Callable[[str], None] | None = None, tls: TlsFiles | None = None) -> None:
+        super().__init__(specs, replica_wait_s, on_eject, tls)
         self._info: PoolInfo | None = None
 
     async def info(self) -> PoolInfo:
@@ -123,8 +174,9 @@ class GrpcVisionPool(_GrpcPool):
             self._info = PoolInfo(info.cache_namespace, info.has_router, default_vir, convert.codec_from_pb(info.codec))
         return self._info
 
-    async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions,
-                     codec: Codec | None, request_id: str, affinity: str = "", scope: str = "") -> EncodeResult:
+    async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions, codec: Codec | None,
+                     request_id: str, affinity: str = "", scope: str = "",
+                     deadline: Deadline | None = None) -> EncodeResult:
         """Encode one image on the replica that owns `affinity` (else the least loaded)."""
         request = vision_pb2.EncodeRequest(
             cache_scope=scope,
@@ -132,23 +184,27 @@ class GrpcVisionPool(_GrpcPool):
             vir=convert.VIR_TO_PB[vir.mode] if vir.mode else 0, codec=convert.CODEC_TO_PB[codec] if codec else 0,
             vir_thresholds=convert.vir_thresholds_to_pb(vir), vir_group_scores=list(vir.group_scores),
         )
-        reply = await self._call(lambda stub: stub.Encode(request, timeout=self.call_timeout_s), affinity)
+        reply = await self._call(lambda stub: stub.Encode(request, timeout=_timeout(deadline, "encode")), affinity,
+                                 deadline)
         return EncodeResult(convert.ref_from_pb(reply.ref), convert.timings_from_pb(reply.timings), reply.cache_hit,
                             reply.num_tiles)
 
     async def route(self, image: bytes, tiling: TilingOptions, request_id: str, affinity: str = "",
-                    scope: str = "") -> RouteResult:
+                    scope: str = "", deadline: Deadline | None = None) -> RouteResult:
         """Router scores of one image's tiles (phase one of a multi-image auto request)."""
         request = vision_pb2.RouteRequest(request_id=request_id, image=image, tiling=convert.tiling_to_pb(tiling),
                                           cache_scope=scope)
-        reply = await self._call(lambda stub: stub.Route(request, timeout=self.call_timeout_s), affinity)
+        reply = await self._call(lambda stub: stub.Route(request, timeout=_timeout(deadline, "route")), affinity,
+                                 deadline)
         return RouteResult(tuple(reply.compress_scores), convert.timings_from_pb(reply.timings), reply.cache_hit)
 
-    async def _call(self, send, affinity: str = ""):
+    async def _call(self, send, affinity: str = "", deadline: Deadline | None = None):
         """A unary call with retries on other replicas (Encode and Info are idempotent)."""
         tried: set[str] = set()
         while True:
-            replica = await self.replicas.acquire(affinity, exclude=frozenset(tried))
+            if tried:
+                await backoff(len(tried), deadline)
+            replica = await self._acquire(affinity, tried, deadline)
             tried.add(replica.target)
             replica.outstanding += 1
             replica.calls += 1
@@ -156,8 +212,8 @@ class GrpcVisionPool(_GrpcPool):
                 reply = await send(replica.stub)
             except grpc.aio.AioRpcError as err:
                 self._failed(replica, err)
-                if err.code() not in RETRY_ELSEWHERE or len(tried) >= min(MAX_ATTEMPTS, len(self.replicas.replicas)):
-                    raise from_grpc_error(err) from err
+                if self._gives_up(err, tried):
+                    raise _final_error(err, self.pool_name, len(self.replicas.replicas)) from err
                 log.warning("vision call to %s failed (%s); retrying elsewhere", replica.target, err.code().name)
                 continue
             finally:
@@ -171,9 +227,10 @@ class GrpcLanguagePool(_GrpcPool):
 
     stub_class = language_pb2_grpc.LanguageDecoderStub
     service_name = language_pb2.DESCRIPTOR.services_by_name["LanguageDecoder"].full_name
+    pool_name = "language"
 
     async def generate(self, request_id: str, messages: list[Message], refs: list[EmbeddingRef],
-                       sampling: SamplingParams) -> AsyncIterator[Delta]:
+                       sampling: SamplingParams, deadline: Deadline | None = None) -> AsyncIterator[Delta]:
         """Stream one reply; a failure before the first token is retried on another replica."""
         request = language_pb2.GenerateRequest(
             request_id=request_id, messages=convert.messages_to_pb(messages),
@@ -181,11 +238,13 @@ class GrpcLanguagePool(_GrpcPool):
         )
         tried: set[str] = set()
         while True:
-            replica = await self.replicas.acquire(exclude=frozenset(tried))
+            if tried:
+                await backoff(len(tried), deadline)
+            replica = await self._acquire("", tried, deadline)
             tried.add(replica.target)
             started = False
             try:
-                async with contextlib.aclosing(self._stream(replica, request)) as stream:
+                async with contextlib.aclosing(self._stream(replica, request, deadline)) as stream:
                     async for delta in stream:
                         started = True
                         yield delta
@@ -193,16 +252,15 @@ class GrpcLanguagePool(_GrpcPool):
             except _StreamFailed as failure:
                 err = failure.err
                 self._failed(replica, err)
-                retry = not started and err.code() in RETRY_ELSEWHERE
-                if not retry or len(tried) >= min(MAX_ATTEMPTS, len(self.replicas.replicas)):
-                    raise from_grpc_error(err) from err
+                if self._gives_up(err, tried, retryable=not started):
+                    raise _final_error(err, self.pool_name, len(self.replicas.replicas)) from err
                 log.warning("generate on %s failed before its first token (%s); retrying elsewhere",
                             replica.target, err.code().name)
 
-    async def _stream(self, replica: Replica, request) -> AsyncIterator[Delta]:
+    async def _stream(self, replica: Replica, request, deadline: Deadline | None) -> AsyncIterator[Delta]:
+        call = replica.stub.Generate(request, timeout=_timeout(deadline, "generation"))
         replica.outstanding += 1
         replica.calls += 1
-        call = replica.stub.Generate(request, timeout=self.call_timeout_s)
         try:
             async for reply in call:
                 yield convert.delta_from_pb(reply)

@@ -4,6 +4,9 @@ reflection on the same port stay open (probes)."""
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import replace
+
 from dvd import convert
 from dvd.errors import InvalidRequest
 from dvd.identity import new_request_id
@@ -59,13 +62,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return self.auth.tenant(metadata.get("authorization"), header)
 
     async def Chat(self, request, context):
+        # The client's deadline becomes the request's: every hop after this one gets what is left.
+        remaining = context.time_remaining()
         req = chat_request_from_pb(request, self._tenant(context))
-        async for delta in self.pipeline.chat(req):
-            pb = convert.delta_to_pb(req.request_id, delta)
-            yield gateway_pb2.ChatResponse(
-                request_id=req.request_id, text=pb.text, token_ids=pb.token_ids, finish_reason=pb.finish_reason,
-                usage=pb.usage, timings=pb.timings, cached_images=delta.cached_images,
-            )
+        if remaining is not None:
+            req = replace(req, timeout_s=max(remaining, 1e-3))
+        async with contextlib.aclosing(self.pipeline.chat(req)) as deltas:  # a cancelled call closes it at once
+            async for delta in deltas:
+                pb = convert.delta_to_pb(req.request_id, delta)
+                yield gateway_pb2.ChatResponse(
+                    request_id=req.request_id, text=pb.text, token_ids=pb.token_ids, finish_reason=pb.finish_reason,
+                    usage=pb.usage, timings=pb.timings, cached_images=delta.cached_images,
+                )
 
     async def ListModels(self, request, context):
         self._tenant(context)

@@ -4,6 +4,7 @@ embedding cache, and errors by kind."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -31,6 +32,8 @@ class GatewayMetrics:
         self.output_tokens = Counter("dvd:gateway_output_tokens", "Generated tokens streamed out", registry=registry)
         self.images = Counter("dvd:gateway_images", "Images in requests, by cache outcome", ["cache"],
                               registry=registry)
+        self.embeddings_lost = Counter("dvd:gateway_embeddings_lost", "Requests whose embeddings a language "
+                                       "replica could not fetch (re-encoded)", registry=registry)
 
     async def track(self, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
         """Pass a request's deltas through, observing latency, tokens, stages and the outcome."""
@@ -39,15 +42,16 @@ class GatewayMetrics:
         outcome = "cancelled"
         self.in_flight.inc()
         try:
-            async for delta in deltas:
-                if first and delta.token_ids:
-                    self.ttft.observe(time.perf_counter() - started)
-                    first = False
-                self.output_tokens.inc(len(delta.token_ids))
-                if delta.finish_reason is not None:
-                    self._final(delta)
-                    outcome = delta.finish_reason.value
-                yield delta
+            async with contextlib.aclosing(deltas):  # closed with us: its pool calls end when the client goes
+                async for delta in deltas:
+                    if first and delta.token_ids:
+                        self.ttft.observe(time.perf_counter() - started)
+                        first = False
+                    self.output_tokens.inc(len(delta.token_ids))
+                    if delta.finish_reason is not None:
+                        self._final(delta)
+                        outcome = delta.finish_reason.value
+                    yield delta
         except DvdError as exc:
             outcome = kind_of(exc).grpc_code.name.lower()
             raise

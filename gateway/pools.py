@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from dvd.deadline import Deadline
 from dvd.types import (
     Codec,
     Delta,
@@ -55,13 +56,15 @@ class VisionPool(Pool, Protocol):
     async def info(self) -> PoolInfo:
         """The pool's model facts, asked once and then remembered."""
 
-    async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions,
-                     codec: Codec | None, request_id: str, affinity: str = "", scope: str = "") -> EncodeResult:
+    async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions, codec: Codec | None,
+                     request_id: str, affinity: str = "", scope: str = "",
+                     deadline: Deadline | None = None) -> EncodeResult:
         """Encode one image; `affinity` names the replica that should own it (its cache key);
-        `scope` is the tenant's cache namespace (`dvd.cache_key.tenant_scope`)."""
+        `scope` is the tenant's cache namespace (`dvd.cache_key.tenant_scope`); the call
+        (retries included) ends by `deadline`."""
 
     async def route(self, image: bytes, tiling: TilingOptions, request_id: str, affinity: str = "",
-                    scope: str = "") -> RouteResult:
+                    scope: str = "", deadline: Deadline | None = None) -> RouteResult:
         """Router scores of one image's tiles (phase one of a multi-image ViR `auto` request)."""
 
 
@@ -69,5 +72,6 @@ class LanguagePool(Pool, Protocol):
     """Messages and embedding references in, a stream of token deltas out."""
 
     def generate(self, request_id: str, messages: list[Message], refs: list[EmbeddingRef],
-                 sampling: SamplingParams) -> AsyncIterator[Delta]:
-        """Stream one reply; the last delta carries finish_reason, usage and timings."""
+                 sampling: SamplingParams, deadline: Deadline | None = None) -> AsyncIterator[Delta]:
+        """Stream one reply; the last delta carries finish_reason, usage and timings. Raises
+        `EmbeddingLost` (before any delta) when a ref's embeddings cannot be fetched."""

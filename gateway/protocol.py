@@ -112,7 +112,7 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError(f"`{info.field_name}` is not supported by this server")
         return value
 
-    def to_chat_request(self, request_id: str, tenant: str = "") -> ChatRequest:
+    def to_chat_request(self, request_id: str, tenant: str = "", timeout_s: float | None = None) -> ChatRequest:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         sampling = SamplingParams(
             max_tokens=self.max_completion_tokens or self.max_tokens,
@@ -125,6 +125,7 @@ class ChatCompletionRequest(BaseModel):
             tiling=TilingOptions(min_tiles=self.min_tiles, max_tiles=self.max_tiles),
             vir=self._vir(), codec=Codec(self.codec) if self.codec else None, request_id=request_id,
             tenant=tenant,
+            timeout_s=timeout_s,
         )
 
     def _vir(self) -> VirOptions:

@@ -10,7 +10,9 @@ of replica for each call.
   a probe says SERVING.
 - A call that finds no replica available (all ejected, or none discovered yet: pools starting
   together with the gateway, a pool scaled from zero) probes now and waits a bounded time for
-  one to turn SERVING, instead of failing at once."""
+  one to turn SERVING, instead of failing at once.
+- Whoever holds state that points at a replica (the gateway's ref cache) hears of each ejection
+  through `on_eject(target)`."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import hashlib
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -50,11 +53,13 @@ class Replica:
 
 
 class ReplicaSet:
-    def __init__(self, service_name: str, stub_class: type, clock=time.monotonic, tls: TlsFiles | None = None) -> None:
+    def __init__(self, service_name: str, stub_class: type, clock=time.monotonic, tls: TlsFiles | None = None,
+                 on_eject: Callable[[str], None] | None = None) -> None:
         self.service_name = service_name
         self.tls = tls  # client TLS (mTLS with a certificate) to every replica of the pool
         self.stub_class = stub_class
         self._clock = clock
+        self._on_eject = on_eject
         self.replicas: dict[str, Replica] = {}
         self._tiebreak = itertools.count()
         self._closing: set[asyncio.Task] = set()  # keep references: un-referenced tasks may be collected
@@ -112,6 +117,8 @@ class ReplicaSet:
         newly, replica.ejected = not replica.ejected, True
         replica.probe_after = self._clock() + backoff
         (log.warning if newly else log.debug)("%s: ejecting %s, next probe in %.0f s (%s)", self.service_name, replica.target, backoff, reason)
+        if newly and self._on_eject is not None:
+            self._on_eject(replica.target)
 
     async def check_health(self, timeout_s: float = 2.0, which: str = "sweep") -> None:
         """Probe replicas once: SERVING readmits, anything else ejects. `which`: "sweep" = the

@@ -32,7 +32,10 @@ class ChatRequest:
     vir: VirOptions = field(default_factory=VirOptions)
     codec: Codec | None = None  # None: the vision pool's default
     tenant: str = ""  # who asked (gateway.auth): cached embeddings are never shared across tenants
+    timeout_s: float | None = None  # the client's budget (gRPC deadline, x-request-timeout-s); None: the gateway's
 
     def __post_init__(self) -> None:
         if not self.request_id:
             raise ValueError("ChatRequest needs the request id made at the edge")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")

@@ -3,10 +3,13 @@ pipeline; this module only maps HTTP <-> pipeline objects and errors -> OpenAI e
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,7 +18,7 @@ from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dvd.errors import DvdError, Internal, kind_of
+from dvd.errors import DvdError, Internal, InvalidRequest, ResourceExhausted, kind_of
 from dvd.identity import new_request_id
 from dvd.types import Delta, StageTimings, Usage
 from gateway.auth import Authenticator
@@ -27,6 +30,8 @@ from gateway.rest_guard import RestGuard
 BEARER = [Depends(HTTPBearer(auto_error=False, description="an API key, when the gateway has any"))]
 
 log = logging.getLogger(__name__)
+
+TIMEOUT_HEADER = "x-request-timeout-s"  # a client's budget for one request, in seconds
 
 
 def create_app(pipeline: Pipeline) -> FastAPI:
@@ -40,7 +45,9 @@ def create_app(pipeline: Pipeline) -> FastAPI:
     @app.exception_handler(DvdError)
     async def _domain_error(request: Request, exc: DvdError) -> JSONResponse:
         kind = kind_of(exc)
-        return JSONResponse(error_body(exc.message, kind.openai_type, kind.http_status, exc.param), kind.http_status)
+        headers = {"Retry-After": str(math.ceil(exc.retry_after_s))} if isinstance(exc, ResourceExhausted) else None
+        return JSONResponse(error_body(exc.message, kind.openai_type, kind.http_status, exc.param), kind.http_status,
+                            headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -77,17 +84,57 @@ def create_app(pipeline: Pipeline) -> FastAPI:
     @app.post("/v1/chat/completions", dependencies=BEARER, responses=ERROR_RESPONSES)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         request_id = new_request_id()
-        chat = body.to_chat_request(request_id, tenant=request.state.tenant)
+        chat = body.to_chat_request(request_id, tenant=request.state.tenant, timeout_s=_timeout_header(request))
         model = body.model or cfg.model_name
         deltas = pipeline.chat(chat)
-        if body.stream:
+        if body.stream:  # Starlette cancels the stream when the client goes away
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            first = await anext(deltas)  # errors before the first token still get a proper status code
+            # errors before the first token still get a proper status code; a client gone by then cancels
+            first = await _unless_disconnected(request, anext(deltas), deltas)
             return StreamingResponse(_sse(request_id, model, first, deltas, include_usage),
                                      media_type="text/event-stream")
-        return await _complete(request_id, model, deltas)
+        return await _unless_disconnected(request, _complete(request_id, model, deltas), deltas)
 
     return app
+
+
+def _timeout_header(request: Request) -> float | None:
+    text = request.headers.get(TIMEOUT_HEADER)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < math.inf:
+        raise InvalidRequest(f"{TIMEOUT_HEADER} must be a positive number of seconds, got {text!r}",
+                             param=TIMEOUT_HEADER)
+    return value
+
+
+async def _unless_disconnected(request: Request, work: Awaitable, deltas: AsyncIterator[Delta]):
+    """Run `work`, cancelling it (and closing `deltas`: the pool calls it started) when the
+    client disconnects first: a non-streaming reply has nothing to write until it is done, so
+    nothing else would notice the client went away."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await deltas.aclose()
+    if task.cancelled():
+        raise asyncio.CancelledError("the client disconnected")
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _complete(request_id: str, model: str, deltas: AsyncIterator[Delta]) -> dict:
@@ -117,6 +164,12 @@ async def _sse(request_id: str, model: str, first: Delta, rest: AsyncIterator[De
         return f"data: {json.dumps(body)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""}, None)
+    async with contextlib.aclosing(rest):
+        async for event in _events(chunk, first, rest, include_usage, request_id):
+            yield event
+
+
+async def _events(chunk, first: Delta, rest: AsyncIterator[Delta], include_usage: bool, request_id: str):
     delta = first
     try:
         while True:

@@ -36,12 +36,16 @@ def build_pipeline(cfg: GatewayConfig, vision: VisionPool | None = None,
     (the Ray Serve ingress passes pools over its deployment handles)."""
     redis = RedisStore(cfg.redis_url, cfg.ref_cache_ttl_s, tls=cfg.redis_tls,
                        password=cfg.redis_password) if cfg.redis_url else None
+    cache = RefCache(cfg.ref_cache_ttl_s, cfg.ref_cache_max_entries, redis)
     images = url_policy(cfg)
     videos = replace(images, max_bytes=cfg.max_video_bytes, content_types=VIDEO_TYPES)
-    return Pipeline(cfg, vision or GrpcVisionPool(cfg.vision_targets, cfg.request_timeout_s, cfg.pool_tls),
-                    language or GrpcLanguagePool(cfg.language_targets, cfg.request_timeout_s, cfg.pool_tls),
-                    ImageLoader(cfg.max_image_bytes, UrlGuard(images)),
-                    RefCache(cfg.ref_cache_ttl_s, cfg.ref_cache_max_entries, redis), GatewayMetrics(new_registry()),
+    # An ejected vision replica's refs are dropped: it died, restarted empty, or is draining.
+    vision = vision or GrpcVisionPool(cfg.vision_targets, cfg.replica_wait_s,
+                                      on_eject=lambda target: cache.forget_location(f"grpc://{target}"),
+                                      tls=cfg.pool_tls)
+    language = language or GrpcLanguagePool(cfg.language_targets, cfg.replica_wait_s, tls=cfg.pool_tls)
+    return Pipeline(cfg, vision, language, ImageLoader(cfg.max_image_bytes, UrlGuard(images)), cache,
+                    GatewayMetrics(new_registry()),
                     VideoLoader(cfg.max_video_bytes, cfg.video_dir, cfg.default_video_frames, cfg.max_video_frames,
                                 cfg.max_video_frame_pixels, UrlGuard(videos)))
 

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from transformers import AutoTokenizer, GenerationConfig
 
 from dvd.config import LanguageConfig
+from dvd.deadline import Deadline
 from dvd.devices import describe, resolve_attention, resolve_device, resolve_dtype
 from dvd.errors import InvalidRequest, ModelNotFound, Unavailable
 from dvd.identity import model_identity
@@ -80,8 +81,10 @@ class LanguageCore:
             self.engine.stop()
 
     async def generate(self, request_id: str, messages: list[Message], refs: list[EmbeddingRef],
-                       sampling: SamplingParams, model_id: str = "") -> AsyncIterator[Delta]:
-        """Stream deltas; the last one carries finish_reason, usage and timings."""
+                       sampling: SamplingParams, model_id: str = "",
+                       deadline: Deadline | None = None) -> AsyncIterator[Delta]:
+        """Stream deltas; the last one carries finish_reason, usage and timings. The embedding
+        fetches end by `deadline` (the caller's); EmbeddingLost comes before any delta."""
         self._check(refs, model_id)
         if not messages:
             raise InvalidRequest("messages must not be empty")
@@ -90,7 +93,7 @@ class LanguageCore:
         if room < 1:
             raise InvalidRequest(f"prompt is {len(prompt.token_ids)} tokens; this model takes at most "
                                  f"{self.max_model_len - 1} (fewer images or tiles, or a shorter history)")
-        features, transfer_ns = await self.fetcher.fetch_all(refs, request_id)
+        features, transfer_ns = await self.fetcher.fetch_all(refs, request_id, deadline)
         ordered = [features[i] for i in prompt.image_order]  # each [n_i, hidden]
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()

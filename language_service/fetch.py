@@ -1,7 +1,11 @@
 """Pulls image embeddings by reference: from Redis, over gRPC from the vision replica that
 holds them, or straight from an in-process store (monolithic mode). A ref in Redis names its
 vision replica as the fallback, so a Redis outage costs a hop, not a request. Verifies size
-and checksum."""
+and checksum.
+
+A ref whose embeddings cannot be had (its vision replica is gone, restarted empty, or says the
+bytes are lost; the store evicted them) raises `EmbeddingLost`, which the gateway answers by
+encoding the image again. Every fetch ends by the request's deadline."""
 
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ import grpc
 import torch
 
 from dvd import codec as codecs
-from dvd.errors import DataCorrupted, DeadlineExceeded, DvdError, InvalidRequest, NotFound, from_grpc_error
+from dvd.deadline import Deadline
+from dvd.errors import DataCorrupted, DeadlineExceeded, EmbeddingLost, InvalidRequest, from_grpc_error
 from dvd.grpc_server import channel_options
 from dvd.redis_store import RedisStore, StoreUnavailable
 from dvd.store import MemoryStore
@@ -23,6 +28,11 @@ from dvd.types import EmbeddingRef
 from protos.v1 import vision_pb2, vision_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+# A vision replica answering these for a ref has not got its embeddings (any more): gone, restarted
+# empty, or the bytes broke on the way. The ref is dead, not the request.
+# CANCELLED: the replica was shutting down and cut the fetch.
+LOST = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.CANCELLED}
 
 
 class EmbeddingFetcher:
@@ -39,29 +49,31 @@ class EmbeddingFetcher:
         self.bytes_fetched = 0
         self.redis_fallbacks = 0
 
-    async def fetch_all(self, refs: list[EmbeddingRef], request_id: str) -> tuple[list[torch.Tensor], int]:
+    async def fetch_all(self, refs: list[EmbeddingRef], request_id: str,
+                        deadline: Deadline | None = None) -> tuple[list[torch.Tensor], int]:
         """Fetch every ref concurrently; returns ([num_tokens_i, hidden] tensors, elapsed ns)."""
         started = time.perf_counter_ns()
-        tensors = await asyncio.gather(*(self.fetch(ref, request_id) for ref in refs))
+        deadline = deadline or Deadline.after(self.timeout_s)
+        tensors = await asyncio.gather(*(self.fetch(ref, request_id, deadline) for ref in refs))
         return list(tensors), time.perf_counter_ns() - started
 
-    async def fetch(self, ref: EmbeddingRef, request_id: str = "") -> torch.Tensor:
-        blob = await self._blob(ref, request_id)
+    async def fetch(self, ref: EmbeddingRef, request_id: str = "", deadline: Deadline | None = None) -> torch.Tensor:
+        blob = await self._blob(ref, request_id, deadline or Deadline.after(self.timeout_s))
         if len(blob) != ref.num_bytes or codecs.checksum(blob) != ref.checksum:
             raise DataCorrupted(f"embedding {ref.key!r} failed its size/checksum check")
         self.bytes_fetched += len(blob)
         return await asyncio.to_thread(codecs.decode, blob, ref.codec, ref.shape, ref.compression)
 
-    async def _blob(self, ref: EmbeddingRef, request_id: str) -> bytes:
+    async def _blob(self, ref: EmbeddingRef, request_id: str, deadline: Deadline) -> bytes:
         if ref.location.startswith(("redis://", "rediss://", "unix://")):
             blob = await self._from_redis(ref)
             if blob is not None:
                 return blob
             if not ref.fallback_location:
-                raise NotFound(f"embedding {ref.key!r} is not in the shared store and has no fallback")
+                raise EmbeddingLost(f"embedding {ref.key!r} is not in the shared store and has no fallback")
             self.redis_fallbacks += 1
-            return await self._from_location(ref.fallback_location, ref, request_id)
-        return await self._from_location(ref.location, ref, request_id)
+            return await self._from_location(ref.fallback_location, ref, request_id, deadline)
+        return await self._from_location(ref.location, ref, request_id, deadline)
 
     async def _from_redis(self, ref: EmbeddingRef) -> bytes | None:
         store = self._redis.get(ref.location)
@@ -73,11 +85,11 @@ class EmbeddingFetcher:
             log.warning("redis unreadable, fetching an embedding from its vision replica: %s", exc)
             return None
 
-    async def _from_location(self, location: str, ref: EmbeddingRef, request_id: str) -> bytes:
+    async def _from_location(self, location: str, ref: EmbeddingRef, request_id: str, deadline: Deadline) -> bytes:
         if location in self.local_stores:
             entry = self.local_stores[location].get(ref.key)
             if entry is None or not hmac.compare_digest(entry[0].access_token.encode(), ref.access_token.encode()):
-                raise NotFound(f"embedding {ref.key!r} is not in the local store (expired or evicted)")
+                raise EmbeddingLost(f"embedding {ref.key!r} is not in the local store (expired or evicted)")
             return entry[1]
         if not location.startswith("grpc://"):
             raise InvalidRequest("unsupported embedding location (not grpc://)")
@@ -86,12 +98,15 @@ class EmbeddingFetcher:
                                                    access_token=ref.access_token)
         parts: list[bytes] = []
         try:
-            async for chunk in stub.FetchEmbedding(request, timeout=self.timeout_s):
+            async for chunk in stub.FetchEmbedding(request, timeout=deadline.timeout_s(self.timeout_s, "fetch")):
                 parts.append(chunk.data)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise DeadlineExceeded(f"fetching embedding {ref.key!r} from its vision replica timed out") from err
-            upstream: DvdError = from_grpc_error(err)
+            if err.code() in LOST:
+                raise EmbeddingLost(
+                    f"embedding lost: its vision replica answered {err.code().name} for {ref.key!r}") from err
+            upstream = from_grpc_error(err)
             raise type(upstream)(f"fetching an embedding from its vision replica: {upstream.message}") from err
         return b"".join(parts)
 

@@ -35,11 +35,11 @@ async def serve(cfg: LanguageConfig) -> None:
     await service.set_ready()
     log.info("language service ready on %s:%d", cfg.host, port)
 
-    async def on_stop() -> None:
+    async def after_stop() -> None:  # after the drain: in-flight requests may still be fetching
         await core.fetcher.close()
 
     try:
-        await service.serve_forever(cfg.drain_grace_s, on_stop=on_stop)
+        await service.serve_forever(cfg.drain_grace_s, after_stop=after_stop)
     finally:
         await asyncio.to_thread(core.stop)
         metrics.stop()

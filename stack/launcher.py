@@ -1,6 +1,8 @@
 """Starts a whole dvd-serve stack on this machine as separate processes (what `dvd serve`
 runs and what the integration tests drive): vision replica(s), language replica(s) (or one
-monolithic process), then the gateway; waits for readiness; stops them all cleanly."""
+monolithic process), then the gateway; waits for readiness; stops them all cleanly. Each process
+keeps its ports for life, so one can be restarted in place (`restart`, `respawn`) and the gateway
+finds it again by health; `stack.supervisor` restarts the ones that crash."""
 
 from __future__ import annotations
 
@@ -71,6 +73,8 @@ class _Proc:
     target: str
     service: str
     metrics_url: str = ""  # Prometheus endpoint of the process
+    argv: list[str] = field(default_factory=list)  # what started it: a respawn runs it again
+    restarts: int = 0
 
 
 class LocalStack:
@@ -96,7 +100,7 @@ class LocalStack:
     def start(self) -> LocalStack:
         try:
             self._start_pools()
-            self._wait_ready()
+            self.wait_ready()
             gateway_args = ["--host", self.opts.host, "--port", str(self.rest_port), "--grpc-port", str(self.grpc_port),
                             "--model-name", self.opts.model_name, "--model-root", str(self.opts.checkpoint)]
             gateway_args += [a for t in self.vision_targets for a in ("--vision", t)]
@@ -106,11 +110,33 @@ class LocalStack:
             gateway_args += ["--tls-cert", self.opts.tls_cert, "--tls-key", self.opts.tls_key] if self.opts.tls_cert else []
             self._spawn("gateway", "gateway", gateway_args + self.opts.gateway_args, GATEWAY_SERVICE,
                         f"{self.opts.host}:{self.grpc_port}")
-            self._wait_ready()
+            self.wait_ready()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def respawn(self, name: str) -> None:
+        """Start `name` again with the command line (and so the ports) it had; it must have exited."""
+        proc = self.proc(name)
+        if proc.popen.poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        out = self._log(name)
+        proc.popen = subprocess.Popen(proc.argv, stdout=out, stderr=subprocess.STDOUT if out else None)
+        proc.restarts += 1
+
+    def restart(self, name: str, timeout_s: float = 60.0) -> None:
+        """A rolling-restart step: SIGTERM `name` (it drains), wait for it to exit, start it again on
+        the same ports and wait until it is SERVING."""
+        proc = self.proc(name)
+        proc.popen.send_signal(signal.SIGTERM)
+        try:
+            proc.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait()
+        self.respawn(name)
+        self.wait_ready([proc])
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM everything (gateway first so no new work arrives), then wait, then kill."""
@@ -168,28 +194,31 @@ class LocalStack:
         ca = "client-ca" if prefix == "tls" else "ca"
         return [f"--{prefix}-cert", self.opts.tls_cert, f"--{prefix}-key", self.opts.tls_key,
                 f"--{prefix}-{ca}", self.opts.tls_ca]
+    def _log(self, name: str):
+        if self.opts.log_dir is None:
+            return None
+        self.opts.log_dir.mkdir(parents=True, exist_ok=True)
+        return open(self.opts.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
 
     def _spawn(self, name: str, module: str, args: list[str], service: str, target: str) -> None:
-        out = None
-        if self.opts.log_dir is not None:
-            self.opts.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.opts.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        out = self._log(name)
         cpus = {"vision": self.opts.vision_cpus, "language": self.opts.language_cpus, "gateway": self.opts.gateway_cpus,
                 "monolithic": self.opts.monolithic_cpus}[name.split("-")[0]]
         args = args + (["--cpus", ",".join(map(str, cpus))] if cpus else [])
         if module != "gateway" and not cpus and self.opts.threads:
             args = args + ["--threads", str(self.opts.threads)]
-        popen = subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT if out else None)
+        argv = [sys.executable, "-m", module, *args]
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT if out else None)
         metrics_url = ""
         if "--metrics-port" in args:
             metrics_url = f"http://{self.opts.host}:{args[args.index('--metrics-port') + 1]}/metrics"
         elif module == "gateway":
-            metrics_url = f"{self.base_url.rsplit('/', 1)[0]}/metrics"
-        self.procs.append(_Proc(name, popen, target, service, metrics_url))
+            metrics_url = f"http://{self.opts.host}:{self.rest_port}/metrics"
+        self.procs.append(_Proc(name, popen, target, service, metrics_url, argv))
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self, procs: list[_Proc] | None = None) -> None:
         deadline = time.monotonic() + self.opts.ready_timeout_s
-        for proc in self.procs:
+        for proc in self.procs if procs is None else procs:
             with sync_channel(proc.target, TlsFiles(self.opts.tls_cert, self.opts.tls_key, self.opts.tls_ca)) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 while not _serving(stub, proc.service):

@@ -12,8 +12,9 @@ from pathlib import Path
 from dvd.config import DEFAULT_MODEL
 from dvd.flags import setup_logging
 from stack.launcher import LocalStack, StackOptions
+from stack.supervisor import RestartPolicy, Supervisor
 from tools.bench import commands as bench_commands
-from tools.bench import transport
+from tools.bench import fault_commands, transport
 from tools.bench import vir as bench_vir
 from tools.bench import vit as bench_vit
 from tools.checkpoint import PRESETS, ensure_checkpoint, make_checkpoint
@@ -43,20 +44,19 @@ def cmd_serve(a: argparse.Namespace) -> int:
     stack = LocalStack(opts)
     print(f"starting dvd-serve ({'monolithic' if a.monolithic else 'disaggregated'}) with {checkpoint} ...", flush=True)
     stack.start()
+    supervisor = Supervisor(stack, RestartPolicy(max_restarts=a.max_restarts)).start()
     try:
         print(f"ready.\n  REST (OpenAI): {stack.base_url}\n  gRPC gateway:  {stack.grpc_target}\n"
               f"  vision pool:   {', '.join(stack.vision_targets)}\n  language pool: {', '.join(stack.language_targets)}\n"
               f"  model name:    {a.model_name}\n  metrics:       "
               + "\n                 ".join(f"{p.name} {p.metrics_url}" for p in stack.procs if p.metrics_url)
-              + "\nCtrl-C stops everything.", flush=True)
+              + "\nA process that crashes is restarted (with backoff). Ctrl-C stops everything.", flush=True)
         while not stop.wait(0.5):
-            dead = [p.name for p in stack.procs if p.popen.poll() is not None]
-            if dead:
-                print(f"{', '.join(dead)} exited; stopping", file=sys.stderr)
-                return 1
+            pass
         return 0
     finally:
         print("stopping ...", flush=True)
+        supervisor.stop()
         stack.stop()
 
 
@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--chat-template", default="checkpoint",
                     help="the language pool's prompt template: checkpoint | internvl2_5 | PATH.jinja")
     sv.add_argument("--log-dir", default="", help="write each process's log here instead of the terminal")
+    sv.add_argument("--max-restarts", type=int, default=5,
+                    help="a process that crashes more often than this within 5 minutes is not restarted again")
     sv.add_argument("--ray", action="store_true", help="run the pools as autoscaling Ray Serve deployments on a "
                     "local Ray (the `ray` extra); REST on --port, gRPC on --grpc-port")
     sv.add_argument("--num-cpus", type=int, default=None, help="--ray: CPUs of the local Ray (default: all)")
@@ -136,6 +138,7 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     bench_vir.register(kinds)
     bench_vit.register(kinds)
     bench_commands.register_bench(kinds)
+    fault_commands.register(kinds)
 
 
 def cmd_bench_engine(a: argparse.Namespace) -> int:

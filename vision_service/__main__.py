@@ -35,6 +35,8 @@ def parse_config(argv: list[str] | None = None) -> VisionConfig:
                    help="tiles per ViT forward (images join a batch while they fit); 0: 2 on CPU, 32 on GPU")
     p.add_argument("--max-batch-wait-ms", type=float, default=5.0)
     p.add_argument("--max-queue-images", type=int, default=256)
+    p.add_argument("--max-queue-tiles", type=int, default=1024,
+                   help="tiles waiting for the ViT; beyond it: RESOURCE_EXHAUSTED (429 at the gateway)")
     p.add_argument("--store-max-mib", type=int, default=2048)
     p.add_argument("--store-ttl-s", type=float, default=600.0)
     p.add_argument("--linger-s", type=float, default=5.0,
@@ -54,6 +56,7 @@ def parse_config(argv: list[str] | None = None) -> VisionConfig:
         store_ttl_s=a.store_ttl_s, redis_url=a.redis, linger_s=a.linger_s, drain_grace_s=a.drain_grace_s,
         tls=server_tls(a), health_port=a.health_port, redis_tls=client_tls(a, "redis-tls"),
         redis_password=read_secret(a.redis_password_file),
+        max_queue_tiles=a.max_queue_tiles,
     )
 
 

@@ -56,10 +56,13 @@ class TileBatcher:
     """`await submit(pixel_values, finish)` -> BatchResult; call `start()` inside the event loop."""
 
     def __init__(self, vit: Callable[[torch.Tensor], torch.Tensor], max_batch_tiles: int,
-                 max_wait_s: float, max_queue: int) -> None:
+                 max_wait_s: float, max_queue: int, max_queue_tiles: int = 0) -> None:
         self._vit = vit
         self.max_batch_tiles = max_batch_tiles
         self.max_wait_s = max_wait_s
+        # Bounded in tiles (what the queue's memory and wait scale with), and in images as well.
+        self.max_queue_tiles = max_queue_tiles
+        self.queued_tiles = 0  # tiles submitted whose batch has not started
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
         self._held: _Job | None = None  # taken from the queue but too big for the last batch: next
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vit")
@@ -92,10 +95,14 @@ class TileBatcher:
     async def submit(self, pixel_values: torch.Tensor, finish: Callable[[torch.Tensor], Any]) -> BatchResult:
         """Run the ViT over `pixel_values` [T, 3, tile, tile] in some batch, then `finish` on the result."""
         job = _Job(pixel_values, finish, asyncio.get_running_loop().create_future())
+        if self.max_queue_tiles and self.queued_tiles and self.queued_tiles + job.num_tiles > self.max_queue_tiles:
+            raise ResourceExhausted(f"vision queue is full ({self.queued_tiles} tiles waiting, limit "
+                                    f"{self.max_queue_tiles})")
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             raise ResourceExhausted(f"vision queue is full ({self._queue.maxsize} images waiting)") from None
+        self.queued_tiles += job.num_tiles
         return await job.future
 
     async def run_exclusive(self, fn: Callable[[], Any]) -> Any:
@@ -106,7 +113,8 @@ class TileBatcher:
         loop = asyncio.get_running_loop()
         while True:
             jobs = await self._collect()
-            jobs = [j for j in jobs if not j.future.cancelled()]
+            self.queued_tiles -= sum(j.num_tiles for j in jobs)
+            jobs = [j for j in jobs if not j.future.cancelled()]  # their callers went away: skip them
             if not jobs:
                 continue
             started = time.perf_counter_ns()

@@ -74,6 +74,7 @@ class VisionCore:
         self.redis = RedisStore(cfg.redis_url, cfg.store_ttl_s, cfg.redis_chunk_bytes, tls=cfg.redis_tls,
                                 password=cfg.redis_password) if cfg.redis_url else None
         self._encoding: dict[str, asyncio.Task[EncodeResult]] = {}  # content key -> its encode in flight
+        self._waiters: dict[str, int] = {}  # content key -> callers waiting for that encode
 
     def load(self) -> None:
         """Blocking: read the vision tensors, warm up. Call before `start()`."""
@@ -97,8 +98,8 @@ class VisionCore:
     def start(self) -> None:
         if self.encoder is None:
             raise RuntimeError("load() must run before start()")
-        self.batcher = TileBatcher(self.encoder.vit, self.max_batch_tiles,
-                                   self.cfg.max_batch_wait_ms / 1000, self.cfg.max_queue_images)
+        self.batcher = TileBatcher(self.encoder.vit, self.max_batch_tiles, self.cfg.max_batch_wait_ms / 1000,
+                                   self.cfg.max_queue_images, self.cfg.max_queue_tiles)
         self.batcher.start()
         self.metrics.queue_depth.set_function(lambda: self.batcher.queue_depth)
 
@@ -124,27 +125,41 @@ class VisionCore:
                 self.metrics.cache_hits.inc()
                 return EncodeResult(cached, StageTimings(), True, len(cached.tile_tokens))
             if key in self._encoding:
-                return await self._join(self._encoding[key])
+                return await self._join(key, self._encoding[key])
             self.metrics.cache_misses.inc()
             grid_key = route_key(image, tiling, self.cache_namespace, scope) if plan.group else ""
             task = asyncio.create_task(self._encode_miss(key, image, options, plan, codec or self.default_codec,
                                                          grid_key))
             self._encoding[key] = task
             task.add_done_callback(lambda t: self._encoded(key, t))
-            return await asyncio.shield(task)  # a caller that goes away leaves the encode to the others
+            return await self._wait(key, task)
         finally:
             self.metrics.in_flight.dec()
+
+    async def _wait(self, key: str, task: asyncio.Task[EncodeResult]) -> EncodeResult:
+        """Wait for a shared encode. A caller that goes away leaves it to the others; when the last
+        one has gone, the encode is cancelled (a ViT batch it is in finishes, its place in the
+        queue is given up)."""
+        self._waiters[key] = self._waiters.get(key, 0) + 1
+        try:
+            return await asyncio.shield(task)
+        finally:
+            self._waiters[key] -= 1
+            if not self._waiters[key]:
+                del self._waiters[key]
+                if not task.done():
+                    task.cancel()
 
     def _encoded(self, key: str, task: asyncio.Task[EncodeResult]) -> None:
         self._encoding.pop(key, None)
         if not task.cancelled():
             task.exception()  # retrieved: every caller may have gone away before it ended
 
-    async def _join(self, task: asyncio.Task[EncodeResult]) -> EncodeResult:
+    async def _join(self, key: str, task: asyncio.Task[EncodeResult]) -> EncodeResult:
         """The same content is being encoded right now (a burst of one image): wait for that encode
         instead of running the ViT again. Counted and reported as a cache hit; the wait is queue time."""
         started = time.perf_counter_ns()
-        result = await asyncio.shield(task)
+        result = await self._wait(key, task)
         self.metrics.cache_hits.inc()
         return EncodeResult(result.ref, StageTimings(queue_ns=time.perf_counter_ns() - started), True, result.num_tiles)
 

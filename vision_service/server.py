@@ -39,6 +39,7 @@ async def serve(cfg: VisionConfig) -> None:
     log.info("vision service ready on %s:%d", cfg.host, port)
     try:
         # Linger: embeddings encoded just before SIGTERM stay fetchable while their requests finish.
-        await service.serve_forever(cfg.drain_grace_s, on_stop=core.stop, linger_s=cfg.linger_s)
+        # The batcher stops after the server has drained: a ViT batch in progress finishes and is delivered.
+        await service.serve_forever(cfg.drain_grace_s, linger_s=cfg.linger_s, after_stop=core.stop)
     finally:
         metrics.stop()

@@ -14,6 +14,7 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
+from dvd.deadline import Deadline
 from dvd.errors import DvdError, Internal, ResourceExhausted, Unavailable
 from dvd.types import (
     Codec,
@@ -96,14 +97,15 @@ class RayVisionPool(_HandlePool):
                                        info["codec"])
         return self._pool_info
 
-    async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions,
-                     codec: Codec | None, request_id: str, affinity: str = "", scope: str = "") -> EncodeResult:
+    async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions, codec: Codec | None,
+                     request_id: str, affinity: str = "", scope: str = "",
+                     deadline: Deadline | None = None) -> EncodeResult:
         with _domain_errors(self.pool):
             result = await self.handle.encode.remote(image, tiling, vir, codec, scope)
         return result
 
     async def route(self, image: bytes, tiling: TilingOptions, request_id: str, affinity: str = "",
-                    scope: str = "") -> RouteResult:
+                    scope: str = "", deadline: Deadline | None = None) -> RouteResult:
         """Router scores of one image's tiles (phase one of a multi-image auto request)."""
         with _domain_errors(self.pool):
             result = await self.handle.route.remote(image, tiling, scope)
@@ -114,7 +116,7 @@ class RayLanguagePool(_HandlePool):
     pool = "language"
 
     async def generate(self, request_id: str, messages: list[Message], refs: list[EmbeddingRef],
-                       sampling: SamplingParams) -> AsyncIterator[Delta]:
+                       sampling: SamplingParams, deadline: Deadline | None = None) -> AsyncIterator[Delta]:
         """Stream deltas from one language replica; the refs travel, the embeddings do not
         (the replica pulls them from the vision replica that holds them)."""
         stream = self.handle.options(stream=True).generate.remote(request_id, messages, refs, sampling)

@@ -100,6 +100,7 @@ async def test_full_queue_is_resource_exhausted(tiny_ckpt):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await _read_all(stub.Generate(_request("third", 4)))
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert ("retry-after", "1") in tuple(refused.value.trailing_metadata())  # the client's cue to back off
         assert registry.get_sample_value("dvd:language_requests_rejected_total") == 1
         first.cancel()
         second.cancel()

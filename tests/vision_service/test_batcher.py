@@ -128,6 +128,39 @@ async def test_a_full_queue_is_refused():
     await batcher.stop()
 
 
+async def test_the_queue_is_bounded_in_tiles_not_images():
+    vit = MarkerVit()
+    batcher = TileBatcher(vit, max_batch_tiles=2, max_wait_s=0.0, max_queue=100, max_queue_tiles=4)
+    batcher.start()
+    running = asyncio.create_task(batcher.submit(tiles(1), markers))
+    await _until(lambda: batcher.images_in_batch == 1)
+    three = asyncio.create_task(batcher.submit(tiles(2, 2, 2), markers))  # 3 tiles waiting
+    await _until(lambda: batcher.queued_tiles == 3)
+    with pytest.raises(ResourceExhausted, match="tiles"):  # 3 + 2 > 4, though only one image waits
+        await batcher.submit(tiles(3, 3), markers)
+    one = asyncio.create_task(batcher.submit(tiles(4), markers))  # 3 + 1 fits
+    vit.allow()
+    assert [(await t).output for t in (running, three, one)] == [[1.0], [2.0, 2.0, 2.0], [4.0]]
+    assert batcher.queued_tiles == 0
+    big = await batcher.submit(tiles(*[5.0] * 6), markers)  # larger than the bound, into an empty queue
+    assert big.output == [5.0] * 6
+    await batcher.stop()
+
+
+async def test_a_cancelled_waiting_image_is_skipped_and_frees_its_tiles():
+    batcher, vit = await _started(max_batch_tiles=1)
+    running = asyncio.create_task(batcher.submit(tiles(1), markers))
+    await _until(lambda: batcher.images_in_batch == 1)
+    gone = asyncio.create_task(batcher.submit(tiles(2), markers))
+    await _until(lambda: batcher.queued_tiles == 1)
+    gone.cancel()  # its caller went away (client disconnect) before its batch started
+    vit.allow()
+    assert (await running).output == [1.0]
+    await _until(lambda: batcher.queued_tiles == 0)
+    assert vit.forwards == [1]  # the cancelled image never reached the ViT
+    await batcher.stop()
+
+
 def test_the_encoder_gives_the_same_grid_in_chunks_as_in_one_forward(tiny_ckpt):
     """What the cap relies on: the ViT treats tiles independently, so splitting one image's
     tiles over several forwards changes no value (fp32 on CPU)."""
