@@ -34,7 +34,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         checkpoint=checkpoint, host=a.host, port=a.port, grpc_port=a.grpc_port, monolithic=a.monolithic,
         vision_replicas=a.vision_replicas, language_replicas=a.language_replicas, model_name=a.model_name,
         device=a.device, dtype=a.dtype, redis_url=a.redis, log_dir=Path(a.log_dir) if a.log_dir else None,
-        threads=a.threads,
+        threads=a.threads, batch_invariant=a.batch_invariant,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--redis", default="", help="redis://host:port/db: shared embedding cache (optional)")
     sv.add_argument("--threads", type=int, default=0,
                     help="torch threads per model process (0: torch's default, one per core each)")
+    sv.add_argument("--batch-invariant", action="store_true",
+                    help="language engines give bit-identical outputs whatever else is batched (slower; see README)")
     sv.add_argument("--vision-replicas", type=int, default=1)
     sv.add_argument("--language-replicas", type=int, default=1)
     sv.add_argument("--model-name", default="internvl", help="the model id clients send")
