@@ -69,10 +69,10 @@ class EngineBenchResult:
 
 
 class _Tracker:
-    """Counts one request's tokens from the engine thread's deltas."""
+    """Collects one request's tokens from the engine thread's deltas."""
 
     def __init__(self) -> None:
-        self.num_tokens = 0
+        self.token_ids: list[int] = []
         self.finished_s = 0.0
         self.error: Exception | None = None
         self.done = threading.Event()
@@ -81,7 +81,7 @@ class _Tracker:
         if isinstance(delta, Exception):
             self.error = delta
         else:
-            self.num_tokens += len(delta.token_ids)
+            self.token_ids += delta.token_ids
             if delta.finish_reason is None:
                 return
         self.finished_s = time.perf_counter()
@@ -106,7 +106,7 @@ def bench_prompts(core, count: int, prompt_tokens: int) -> list[list[int]]:
     return prompts
 
 
-def _submit(core, prompt: list[int], max_tokens: int) -> _Tracker:
+def submit(core, prompt: list[int], max_tokens: int) -> _Tracker:
     tracker = _Tracker()
     core.engine.submit(Sequence(
         request_id=f"bench-{time.monotonic_ns()}", prompt_ids=prompt, image_features=None,
@@ -118,10 +118,10 @@ def _submit(core, prompt: list[int], max_tokens: int) -> _Tracker:
 def engine_rate(core, prompts: list[list[int]], max_tokens: int) -> float:
     """Whole-run tokens/s of the engine with every prompt submitted at once."""
     started = time.perf_counter()
-    trackers = [_submit(core, p, max_tokens) for p in prompts]
+    trackers = [submit(core, p, max_tokens) for p in prompts]
     for tracker in trackers:
         tracker.wait()
-    return sum(t.num_tokens for t in trackers) / (max(t.finished_s for t in trackers) - started)
+    return sum(len(t.token_ids) for t in trackers) / (max(t.finished_s for t in trackers) - started)
 
 
 def generate_rate(model, prompts: list[list[int]], max_tokens: int, pad_id: int) -> float:
@@ -136,7 +136,7 @@ def engine_poisson(core, prompts: list[list[int]], arrivals: list[float], max_to
     trackers = []
     for prompt, at in zip(prompts, arrivals):
         time.sleep(max(0.0, at - (time.perf_counter() - start)))
-        trackers.append(_submit(core, prompt, max_tokens))
+        trackers.append(submit(core, prompt, max_tokens))
     for tracker in trackers:
         tracker.wait()
     return max(t.finished_s for t in trackers) - start, [t.finished_s - start - at for t, at in zip(trackers, arrivals)]
@@ -146,7 +146,7 @@ def _median(samples: list[float]) -> float:
     return statistics.median(samples)
 
 
-def _load(opts: EngineBenchOptions):
+def load_core(opts: EngineBenchOptions):
     from language_service.core import LanguageCore
 
     top = max(opts.concurrency)
@@ -166,7 +166,7 @@ def run_engine_bench(opts: EngineBenchOptions) -> EngineBenchResult:
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    core = _load(opts)
+    core = load_core(opts)
     param = next(core.model.parameters())
     reference = build_language_model(opts.checkpoint, dtype=param.dtype, device=param.device) if opts.baseline else None
     pad_id = core.tokenizer.pad_token_id if core.tokenizer.pad_token_id is not None else 0
