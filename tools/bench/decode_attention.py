@@ -3,8 +3,9 @@ machine, one layer, the small preset's heads (8 query, 2 KV, head dim 32), keys 
 cache's slot layout (`language_service/engine/kv_cache.py`) spread over random 16-slot blocks.
 
 Per batch size: the per-row loop the engine used before (one SDPA call per sequence on views),
-and the batched paths (one call for the batch): gather + SDPA with a length mask, gather + eager
-softmax(QK^T)V. Median microseconds over `--iters`, every path in the same process and run."""
+and the batched paths (one call for the batch): gather + SDPA with a length mask (with
+`enable_gqa`, and with each GQA group folded into the query axis, what the engine runs), gather
++ eager softmax(QK^T)V. Median microseconds over `--iters`, every path in the same process and run."""
 
 from __future__ import annotations
 
@@ -54,14 +55,19 @@ def paths(batch: int, num_keys: int) -> dict:
         k, v = gathered()
         return F.scaled_dot_product_attention(query, k, v, attn_mask=mask, enable_gqa=True)
 
+    def folded():
+        k, v = gathered()
+        grouped = query.view(batch, KV_HEADS, HEADS // KV_HEADS, DIM)
+        return F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask)
+
     def eager():
         k, v = gathered()
         grouped = query.view(batch, KV_HEADS, HEADS // KV_HEADS, DIM)
         scores = torch.matmul(grouped, k.transpose(2, 3)) * DIM**-0.5
         return torch.matmul(scores.masked_fill(~mask, float("-inf")).softmax(-1), v)
 
-    return {"per-row SDPA loop": per_row, "gather only": gathered, "gather + SDPA (mask)": sdpa,
-            "gather + eager": eager}
+    return {"per-row SDPA loop": per_row, "gather only": gathered, "gather + SDPA enable_gqa": sdpa,
+            "gather + SDPA folded": folded, "gather + eager": eager}
 
 
 def main(argv: list[str] | None = None) -> None:

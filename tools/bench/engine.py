@@ -12,9 +12,10 @@ distinct chat prompts of about `prompt_tokens` tokens; every request is greedy w
    the engine), and the same c prompts as one left-padded `generate` batch. Whole-run tokens/s =
    new tokens / (last finish - submission), prefill included. Engine and baseline alternate,
    `repeats` times after a warm-up of each; medians and their ratio are reported.
-2. Poisson: `poisson_requests` requests at `poisson_rate`/s (0: 0.8x the engine's measured
-   request rate at the top concurrency, a load both servers see as busy) to the engine and to
-   the static-batch server, same arrival times. Tokens/s over the makespan, and mean latency.
+2. Poisson: `poisson_requests` requests at `poisson_rate`/s (0: the engine's measured request
+   rate at the top concurrency, a load both servers see as busy) to the engine and to the
+   static-batch server, same arrival times. Tokens/s over the makespan (first arrival to last
+   finish), and mean latency (arrival to last token).
 3. KV capacity (`kv_capacity.py`, no model): sequences running at once at a fixed KV budget,
    2048 max_tokens but 64 actual output tokens, paged vs worst-case reservation."""
 
@@ -50,7 +51,7 @@ class EngineBenchOptions:
     cuda_graphs: bool = True
     batch_invariant: bool = False
     baseline: bool = True  # measure transformers generate side by side
-    poisson_requests: int = 32  # 0: skip the Poisson comparison
+    poisson_requests: int = 48  # 0: skip the Poisson comparison
     poisson_rate: float = 0.0
     kv_budget_tokens: int = 65536
 
@@ -200,7 +201,7 @@ def run_engine_bench(opts: EngineBenchOptions) -> EngineBenchResult:
 
 def _poisson(core, reference, prompts, opts: EngineBenchOptions, pad_id: int, result: EngineBenchResult) -> dict:
     top = max(opts.concurrency)
-    rate = opts.poisson_rate or 0.8 * result.engine[top] / opts.max_tokens
+    rate = opts.poisson_rate or result.engine[top] / opts.max_tokens
     arrivals = poisson_arrivals(len(prompts), rate)
     num_tokens = len(prompts) * opts.max_tokens
     engine_s, engine_lat = engine_poisson(core, prompts, arrivals, opts.max_tokens)
