@@ -29,6 +29,11 @@ def parse_config(argv: list[str] | None = None) -> LanguageConfig:
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests; beyond it: RESOURCE_EXHAUSTED")
     p.add_argument("--max-kv-tokens", type=int, default=65536, help="KV-cache budget in tokens (allocated at load)")
     p.add_argument("--max-prefill-tokens", type=int, default=2048, help="prompt tokens per step (chunked prefill)")
+    p.add_argument("--kv-block-size", type=int, default=0, help="token slots per KV block (0: 256 with flash-attn, "
+                   "else 16)")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="bit-exact outputs whatever else is batched (slower; see README)")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on a GPU")
     p.add_argument("--metrics-port", type=int, default=9092, help="Prometheus /metrics port (0: pick a free one)")
     p.add_argument("--fetch-timeout-s", type=float, default=30.0)
     p.add_argument("--chat-template", default="checkpoint",
@@ -46,6 +51,7 @@ def parse_config(argv: list[str] | None = None) -> LanguageConfig:
         tls=server_tls(a),
         health_port=a.health_port, fetch_tls=client_tls(a, "fetch-tls"), redis_url=a.redis,
         redis_tls=client_tls(a, "redis-tls"), redis_password=read_secret(a.redis_password_file),
+        kv_block_size=a.kv_block_size, batch_invariant=a.batch_invariant, cuda_graphs=not a.no_cuda_graphs,
     )
 
 

@@ -53,6 +53,7 @@ class StackOptions:
     # cores among the processes was measured slower on 2 cores: the busy stage (vision) gets both
     # while the other idles (BENCHMARKS.md, "Threads per process")
     threads: int = 0
+    batch_invariant: bool = False  # language engines keep solo == batched outputs bit for bit (slower)
     vision_args: list[str] = field(default_factory=list)
     language_args: list[str] = field(default_factory=list)
     gateway_args: list[str] = field(default_factory=list)
@@ -162,11 +163,13 @@ class LocalStack:
         common = ["--model", str(self.opts.checkpoint), "--host", self.opts.host,
                   "--device", self.opts.device, "--dtype", self.opts.dtype] + self._tls_args("tls")
         template = ["--chat-template", self.opts.chat_template]
+        engine = ["--batch-invariant"] if self.opts.batch_invariant else []
         if self.opts.monolithic:
             port = free_port(self.opts.host)
             target = f"{self.opts.host}:{port}"
             metrics = ["--metrics-port", str(free_port(self.opts.host))]
-            self._spawn("monolithic", "stack.monolithic", common + ["--port", str(port)] + metrics + template,
+            self._spawn("monolithic", "stack.monolithic",
+                        common + ["--port", str(port)] + metrics + template + engine,
                         LANGUAGE_SERVICE, target)
             self.vision_targets, self.language_targets = [target], [target]
             return
@@ -183,8 +186,8 @@ class LocalStack:
             self.language_targets.append(f"{self.opts.host}:{port}")
             metrics = ["--metrics-port", str(free_port(self.opts.host))]  # replicas share a host: no fixed port
             self._spawn(f"language-{i}", "language_service",
-                        common + ["--port", str(port)] + metrics + template + redis + self._tls_args("fetch-tls")
-                        + self.opts.language_args,
+                        common + ["--port", str(port)] + metrics + template + engine + redis
+                        + self._tls_args("fetch-tls") + self.opts.language_args,
                         LANGUAGE_SERVICE, self.language_targets[-1])
 
     def _tls_args(self, prefix: str) -> list[str]:

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     add_common(p, default_port=50051)
     p.add_argument("--attn-implementation", default="auto")
     p.add_argument("--max-running-seqs", type=int, default=16)
+    p.add_argument("--batch-invariant", action="store_true", help="bit-exact solo == batched outputs (slower)")
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: a free one)")
     p.add_argument("--chat-template", default="checkpoint", help="checkpoint | internvl2_5 | PATH.jinja")
     a = p.parse_args(argv)
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
                               metrics_port=a.metrics_port, tls=server_tls(a), health_port=a.health_port)
     language_cfg = LanguageConfig(model=a.model, host=a.host, port=a.port, device=device,
                                   max_running_seqs=a.max_running_seqs, drain_grace_s=a.drain_grace_s,
-                                  chat_template=a.chat_template)
+                                  chat_template=a.chat_template, batch_invariant=a.batch_invariant)
     asyncio.run(serve(vision_cfg, language_cfg))
 
 
