@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dvd.types import Delta, FinishReason, SamplingParams, StageTimings, Usage
+from dvd.types import Delta, FinishReason, SamplingParams, StageTimings, TokenLogprobs, Usage
 from language_service.detokenizer import IncrementalDetokenizer
+from language_service.engine.guided import GuideState
+from language_service.engine.logprobs import LogprobBuffer
 from language_service.engine.stops import StopStrings
 
 
@@ -45,6 +47,8 @@ class Sequence:
     scheduled_ns: int = 0
     first_token_ns: int = 0
     abort_requested: bool = False
+    guide: GuideState | None = None  # the grammar's matcher, for guided decoding
+    logprob_buffer: LogprobBuffer | None = None  # when the request asked for logprobs
 
     def __post_init__(self) -> None:
         self.stops = StopStrings(self.sampling.stop)
@@ -69,6 +73,10 @@ class Sequence:
     @property
     def last_token_id(self) -> int:
         return self.output_ids[-1] if self.output_ids else self.prompt_ids[-1]
+
+    def take_logprobs(self) -> list[TokenLogprobs]:
+        """The logprobs of the tokens sampled since the last delta (empty unless asked for)."""
+        return self.logprob_buffer.take() if self.logprob_buffer is not None else []
 
     def usage(self) -> Usage:
         return Usage(len(self.prompt_ids), len(self.output_ids), self.num_image_tokens)
