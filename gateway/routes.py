@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dvd.errors import DvdError, Internal, kind_of
 from dvd.identity import new_request_id
-from dvd.types import Delta, StageTimings, Usage
+from dvd.types import Delta, Logprob, StageTimings, TokenLogprobs, Usage
 from gateway.pipeline import Pipeline
 from gateway.protocol import ChatCompletionRequest, error_body
 
@@ -61,33 +61,39 @@ def create_app(pipeline: Pipeline) -> FastAPI:
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             first = await anext(deltas)  # errors before the first token still get a proper status code
-            return StreamingResponse(_sse(request_id, model, first, deltas, include_usage),
+            return StreamingResponse(_sse(request_id, model, first, deltas, include_usage, body.logprobs),
                                      media_type="text/event-stream")
-        return await _complete(request_id, model, deltas)
+        return await _complete(request_id, model, deltas, body.logprobs)
 
     return app
 
 
-async def _complete(request_id: str, model: str, deltas: AsyncIterator[Delta]) -> dict:
-    text, final = [], None
+async def _complete(request_id: str, model: str, deltas: AsyncIterator[Delta], logprobs: bool) -> dict:
+    text, entries, final = [], [], None
     async for delta in deltas:
         text.append(delta.text)
+        entries += delta.logprobs
         final = delta
     message = {"role": "assistant", "content": "".join(text)}
+    choice = {"index": 0, "message": message, "finish_reason": final.finish_reason.value,
+              "logprobs": _logprobs(entries) if logprobs else None}
     return {
         "id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": final.finish_reason.value, "logprobs": None}],
+        "choices": [choice],
         "usage": _usage(final.usage), "dvd": _dvd_extension(final),
     }
 
 
-async def _sse(request_id: str, model: str, first: Delta, rest: AsyncIterator[Delta], include_usage: bool):
+async def _sse(request_id: str, model: str, first: Delta, rest: AsyncIterator[Delta], include_usage: bool,
+               logprobs: bool):
     created = int(time.time())
 
     def chunk(delta: dict, finish: str | None, usage: Usage | None = None, choices: bool = True,
-              extension: dict | None = None) -> str:
+              extension: dict | None = None, entries: list[TokenLogprobs] | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish,
+                  "logprobs": _logprobs(entries) if logprobs and entries else None}
         body = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if choices else []}
+                "choices": [choice] if choices else []}
         if usage is not None:
             body["usage"] = _usage(usage)
         if extension is not None:
@@ -99,9 +105,9 @@ async def _sse(request_id: str, model: str, first: Delta, rest: AsyncIterator[De
     try:
         while True:
             finish = delta.finish_reason.value if delta.finish_reason else None
-            if delta.text or finish:
+            if delta.text or finish or (logprobs and delta.logprobs):
                 yield chunk({"content": delta.text} if delta.text else {}, finish,
-                            extension=_dvd_extension(delta) if finish else None)
+                            extension=_dvd_extension(delta) if finish else None, entries=delta.logprobs)
             if finish:
                 if include_usage:
                     yield chunk({}, None, delta.usage, choices=False)
@@ -115,6 +121,16 @@ async def _sse(request_id: str, model: str, first: Delta, rest: AsyncIterator[De
         err = Internal(str(exc))
         yield f"data: {json.dumps(error_body(err.message, kind_of(err).openai_type, 500))}\n\n"
     yield "data: [DONE]\n\n"
+
+
+def _logprobs(entries: list[TokenLogprobs]) -> dict:
+    """OpenAI's choices[].logprobs: one content entry per generated token."""
+    return {"content": [{**_logprob(e.chosen), "top_logprobs": [_logprob(t) for t in e.top]} for e in entries],
+            "refusal": None}
+
+
+def _logprob(lp: Logprob) -> dict:
+    return {"token": lp.token, "logprob": lp.logprob, "bytes": list(lp.token_bytes)}
 
 
 def _dvd_extension(final: Delta) -> dict:
