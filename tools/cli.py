@@ -13,6 +13,7 @@ from dvd.config import DEFAULT_MODEL
 from dvd.flags import setup_logging
 from stack.launcher import LocalStack, StackOptions
 from tools.bench import commands as bench_commands
+from tools.bench import guided as bench_guided
 from tools.bench import guided_mask as bench_guided_mask
 from tools.bench import transport
 from tools.bench import vir as bench_vir
@@ -129,6 +130,7 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     bench_vir.register(kinds)
     bench_vit.register(kinds)
     bench_guided_mask.register(kinds)
+    bench_guided.register(kinds)
     bench_commands.register_bench(kinds)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import xgrammar as xgr
 
@@ -18,9 +19,6 @@ if TYPE_CHECKING:
     from language_service.engine.sequence import Sequence
 
 log = logging.getLogger(__name__)
-
-_BITS = torch.arange(32, dtype=torch.int32)  # [32]: bit j of a bitmask word allows token 32w + j
-
 
 class GuideState:
     """One sequence's position in its grammar. Lives on the engine thread."""
@@ -55,16 +53,24 @@ def mask_logits(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
     bitmask = torch.empty(len(rows), (vocab_size + 31) // 32, dtype=torch.int32)  # [R, W]
     for j, i in enumerate(rows):
         seqs[i].guide.fill(bitmask, j)
-    allowed = unpack_bitmask(bitmask.to(logits.device), vocab_size)  # [R, V]
+    forbidden = ~unpack_bitmask(bitmask, vocab_size)  # [R, V] numpy bool
+    if logits.is_cpu:
+        # numpy, in place and single-threaded: torch's small masked ops on CPU open an intra-op
+        # parallel region per call, which costs milliseconds whenever the cores are contended
+        rows_view = logits.numpy()[rows]  # [R, V] copy
+        rows_view[forbidden] = -np.inf
+        logits.numpy()[rows] = rows_view
+        return logits
     index = torch.tensor(rows, device=logits.device)
-    logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
+    logits[index] = logits[index].masked_fill(torch.from_numpy(forbidden).to(logits.device), float("-inf"))
     return logits
 
 
-def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """bitmask: [R, W] int32 -> [R, vocab_size] bool, True where the token is allowed."""
-    bits = (bitmask.unsqueeze(-1) >> _BITS.to(bitmask.device)) & 1  # [R, W, 32]
-    return bits.flatten(1)[:, :vocab_size].bool()
+def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> np.ndarray:
+    """bitmask: [R, W] int32 on CPU -> [R, vocab_size] bool, True where the token is allowed
+    (bit j of word w is token 32w + j; the words are little-endian in memory)."""
+    bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=-1, bitorder="little")  # [R, 32W]
+    return bits[:, :vocab_size].astype(bool)
 
 
 def advance(seq: Sequence, token_id: int) -> bool:

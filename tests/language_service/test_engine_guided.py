@@ -10,6 +10,7 @@ import json
 import re
 
 import jsonschema
+import numpy as np
 import pytest
 import torch
 
@@ -85,7 +86,7 @@ def test_eos_is_allowed_only_where_the_json_object_grammar_accepts(tiny_kit):
         allowed.append(unpack_bitmask(bitmask, vocab_size)[0])
         done = guide.advance(token_id)
     assert not allowed[0][eos] and not allowed[1][eos]  # before "{" and inside the object
-    assert allowed[2].nonzero()[:, 0].tolist() == [eos]  # after "}": only EOS
+    assert np.flatnonzero(allowed[2]).tolist() == [eos]  # after "}": only EOS
     assert done
 
 
@@ -130,7 +131,7 @@ def test_grammars_are_cached_by_schema_hash(tiny_kit):
 def test_bitmask_unpacks_bit_j_of_word_w_to_token_32w_plus_j():
     bitmask = torch.tensor([[1 - 2**31, 0, 4]], dtype=torch.int32)  # 0x80000001: tokens 0 and 31; then 66
     allowed = unpack_bitmask(bitmask, 70)
-    assert allowed.nonzero()[:, 1].tolist() == [0, 31, 66]
+    assert np.flatnonzero(allowed[0]).tolist() == [0, 31, 66]
 
 
 def test_greedy_logprobs_equal_log_softmax_of_a_reference_forward(tiny_ckpt, tiny_kit):
