@@ -92,6 +92,10 @@ class LanguageConfig:
     max_queue: int = 256  # requests waiting for admission; beyond it: RESOURCE_EXHAUSTED
     max_kv_tokens: int = 65536  # KV-cache budget in token positions, allocated once at load
     max_prefill_tokens: int = 2048  # prompt tokens per engine step (and per chunk)
+    kv_block_size: int = 0  # token slots per KV block; 0: 256 with flash-attn (its paged minimum), else 16
+    # Bit-exact batch invariance (solo == batched logits) at a throughput cost; default: the fast path
+    batch_invariant: bool = False
+    cuda_graphs: bool = True  # decode under CUDA graphs on a GPU (ignored on CPU)
     metrics_port: int = 9092  # Prometheus /metrics over HTTP; 0 picks a free port
     fetch_timeout_s: float = 30.0
     drain_grace_s: float = 30.0
@@ -101,6 +105,8 @@ class LanguageConfig:
                   max_running_seqs=self.max_running_seqs, max_queue=self.max_queue,
                   max_kv_tokens=self.max_kv_tokens, max_prefill_tokens=self.max_prefill_tokens,
                   fetch_timeout_s=self.fetch_timeout_s)
+        if self.kv_block_size < 0:
+            raise ValueError(f"kv_block_size must be >= 0, got {self.kv_block_size}")
         if self.max_kv_tokens < self.max_model_len:
             raise ValueError(f"max_kv_tokens ({self.max_kv_tokens}) must hold one full-length sequence "
                              f"(max_model_len {self.max_model_len})")

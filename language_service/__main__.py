@@ -20,6 +20,11 @@ def parse_config(argv: list[str] | None = None) -> LanguageConfig:
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests; beyond it: RESOURCE_EXHAUSTED")
     p.add_argument("--max-kv-tokens", type=int, default=65536, help="KV-cache budget in tokens (allocated at load)")
     p.add_argument("--max-prefill-tokens", type=int, default=2048, help="prompt tokens per step (chunked prefill)")
+    p.add_argument("--kv-block-size", type=int, default=0, help="token slots per KV block (0: 256 with flash-attn, "
+                   "else 16)")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="bit-exact outputs whatever else is batched (slower; see README)")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on a GPU")
     p.add_argument("--metrics-port", type=int, default=9092, help="Prometheus /metrics port (0: pick a free one)")
     p.add_argument("--fetch-timeout-s", type=float, default=30.0)
     a = p.parse_args(argv)
@@ -28,7 +33,8 @@ def parse_config(argv: list[str] | None = None) -> LanguageConfig:
         model=a.model, host=a.host, port=a.port, device=device_config(a), max_model_len=a.max_model_len,
         default_max_tokens=a.default_max_tokens, max_running_seqs=a.max_running_seqs, max_queue=a.max_queue,
         max_kv_tokens=a.max_kv_tokens, max_prefill_tokens=a.max_prefill_tokens, metrics_port=a.metrics_port,
-        fetch_timeout_s=a.fetch_timeout_s, drain_grace_s=a.drain_grace_s,
+        fetch_timeout_s=a.fetch_timeout_s, drain_grace_s=a.drain_grace_s, kv_block_size=a.kv_block_size,
+        batch_invariant=a.batch_invariant, cuda_graphs=not a.no_cuda_graphs,
     )
 
 

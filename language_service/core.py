@@ -20,13 +20,11 @@ from dvd.identity import model_identity
 from dvd.store import MemoryStore
 from dvd.types import Delta, EmbeddingRef, Message, SamplingParams
 from language_service.detokenizer import IncrementalDetokenizer
-from language_service.engine.engine import Engine
+from language_service.engine.build import build_engine
 from language_service.engine.grammars import GrammarCompiler
 from language_service.engine.guided import GuideState
 from language_service.engine.logprobs import LogprobBuffer, TokenVocab
 from language_service.engine.metrics import EngineMetrics
-from language_service.engine.runner import ModelRunner
-from language_service.engine.scheduler import Scheduler
 from language_service.engine.sequence import Sequence
 from language_service.fetch import EmbeddingFetcher
 from language_service.model import build_language_model
@@ -46,7 +44,7 @@ class LanguageCore:
         self.model_id = model_identity(checkpoint_dir)
         self.fetcher = EmbeddingFetcher(cfg.fetch_timeout_s, local_stores)
         self.metrics = EngineMetrics(registry or CollectorRegistry())
-        self.engine: Engine | None = None
+        self.engine = None  # an Engine once loaded
 
     def load(self) -> None:
         """Blocking: read the LLM tensors and tokenizer, warm up, start the engine thread."""
@@ -61,23 +59,23 @@ class LanguageCore:
         self.hidden_size = int(model.config.hidden_size)
         self.max_model_len = min(self.cfg.max_model_len, int(model.config.max_position_embeddings))
         self.device_desc = describe(device, dtype)
-        runner = ModelRunner(model, self.prompts.context_id, self.cfg.max_kv_tokens, self.attn_implementation)
-        scheduler = Scheduler(self.cfg.max_running_seqs, self.cfg.max_queue, self.cfg.max_kv_tokens,
-                              self.cfg.max_prefill_tokens)
         eos_ids = self._eos_ids()
         vocab_size = int(model.get_output_embeddings().weight.shape[0])  # the logits' width, padding included
         self.grammars = GrammarCompiler(self.tokenizer, vocab_size, eos_ids)
         self.vocab = TokenVocab(self.grammars.token_bytes)
-        engine = Engine(runner, scheduler, eos_ids, self.max_model_len)
+        engine = build_engine(self.cfg, model, self.prompts.context_id, self.attn_implementation, eos_ids,
+                              self.max_model_len)
+        runner = engine.runner
         engine.submit(self._warmup_sequence())  # prefill + decode once before the first request
         while engine.has_work():
             engine.step()
         engine.metrics = self.metrics  # the warm-up is not traffic: count from here
         self.engine = engine
         self.engine.start()
-        log.info("language model %s loaded on %s (%s), %d torch threads; KV arena %d tokens (%.0f MiB)",
-                 self.model_id, self.device_desc, self.attn_implementation, torch.get_num_threads(),
-                 self.cfg.max_kv_tokens, runner.kv.num_bytes / 2**20)
+        log.info("language model %s loaded on %s (%s attention, %s), %d torch threads; KV cache %d blocks x %d "
+                 "tokens (%.0f MiB)", self.model_id, self.device_desc, runner.backend,
+                 "batch-invariant" if runner.batch_invariant else "fast path", torch.get_num_threads(),
+                 engine.scheduler.blocks.num_blocks, engine.scheduler.blocks.block_size, runner.kv.num_bytes / 2**20)
 
     def stop(self) -> None:
         if self.engine is not None:

@@ -48,6 +48,7 @@ class StackOptions:
     # cores among the processes was measured slower on 2 cores: the busy stage (vision) gets both
     # while the other idles (BENCHMARKS.md, "Threads per process")
     threads: int = 0
+    batch_invariant: bool = False  # language engines keep solo == batched outputs bit for bit (slower)
     vision_args: list[str] = field(default_factory=list)
     language_args: list[str] = field(default_factory=list)
     gateway_args: list[str] = field(default_factory=list)
@@ -124,11 +125,13 @@ class LocalStack:
     def _start_pools(self) -> None:
         common = ["--model", str(self.opts.checkpoint), "--host", self.opts.host,
                   "--device", self.opts.device, "--dtype", self.opts.dtype]
+        engine = ["--batch-invariant"] if self.opts.batch_invariant else []
         if self.opts.monolithic:
             port = free_port(self.opts.host)
             target = f"{self.opts.host}:{port}"
             metrics = ["--metrics-port", str(free_port(self.opts.host))]
-            self._spawn("monolithic", "stack.monolithic", common + ["--port", str(port)] + metrics, LANGUAGE_SERVICE, target)
+            self._spawn("monolithic", "stack.monolithic", common + ["--port", str(port)] + metrics + engine,
+                        LANGUAGE_SERVICE, target)
             self.vision_targets, self.language_targets = [target], [target]
             return
         redis = ["--redis", self.opts.redis_url] if self.opts.redis_url else []
@@ -144,7 +147,7 @@ class LocalStack:
             self.language_targets.append(f"{self.opts.host}:{port}")
             metrics = ["--metrics-port", str(free_port(self.opts.host))]  # replicas share a host: no fixed port
             self._spawn(f"language-{i}", "language_service",
-                        common + ["--port", str(port)] + metrics + self.opts.language_args,
+                        common + ["--port", str(port)] + metrics + engine + self.opts.language_args,
                         LANGUAGE_SERVICE, self.language_targets[-1])
 
     def _spawn(self, name: str, module: str, args: list[str], service: str, target: str) -> None:

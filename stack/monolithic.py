@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     add_common(p, default_port=50051)
     p.add_argument("--attn-implementation", default="auto")
     p.add_argument("--max-running-seqs", type=int, default=16)
+    p.add_argument("--batch-invariant", action="store_true", help="bit-exact solo == batched outputs (slower)")
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: a free one)")
     a = p.parse_args(argv)
     setup_logging(a.log_level)
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     vision_cfg = VisionConfig(model=a.model, host=a.host, port=a.port, device=device, drain_grace_s=a.drain_grace_s,
                               metrics_port=a.metrics_port)
     language_cfg = LanguageConfig(model=a.model, host=a.host, port=a.port, device=device,
-                                  max_running_seqs=a.max_running_seqs, drain_grace_s=a.drain_grace_s)
+                                  max_running_seqs=a.max_running_seqs, drain_grace_s=a.drain_grace_s,
+                                  batch_invariant=a.batch_invariant)
     asyncio.run(serve(vision_cfg, language_cfg))
 
 

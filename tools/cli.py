@@ -36,7 +36,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         checkpoint=checkpoint, host=a.host, port=a.port, grpc_port=a.grpc_port, monolithic=a.monolithic,
         vision_replicas=a.vision_replicas, language_replicas=a.language_replicas, model_name=a.model_name,
         device=a.device, dtype=a.dtype, redis_url=a.redis, log_dir=Path(a.log_dir) if a.log_dir else None,
-        threads=a.threads,
+        threads=a.threads, batch_invariant=a.batch_invariant,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--redis", default="", help="redis://host:port/db: shared embedding cache (optional)")
     sv.add_argument("--threads", type=int, default=0,
                     help="torch threads per model process (0: torch's default, one per core each)")
+    sv.add_argument("--batch-invariant", action="store_true",
+                    help="language engines give bit-identical outputs whatever else is batched (slower; see README)")
     sv.add_argument("--vision-replicas", type=int, default=1)
     sv.add_argument("--language-replicas", type=int, default=1)
     sv.add_argument("--model-name", default="internvl", help="the model id clients send")
@@ -113,15 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
 def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     """`dvd bench <what>`: one sub-command per benchmark."""
     kinds = bench.add_subparsers(dest="bench", required=True)
-    en = kinds.add_parser("engine", help="decode tokens/s of the language engine at several concurrencies")
+    en = kinds.add_parser("engine", help="the language engine vs transformers generate, Poisson, KV capacity")
     en.add_argument("--preset", default="small", help=f"a preset {sorted(PRESETS)} or a checkpoint dir")
     en.add_argument("--checkpoint-root", default="checkpoints", help="where preset checkpoints are written")
-    en.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrencies, the first is the base")
+    en.add_argument("--concurrency", default="1,16,64", help="comma-separated concurrencies, the first is the base")
     en.add_argument("--max-tokens", type=int, default=128, help="tokens generated per request")
-    en.add_argument("--prompt-tokens", type=int, default=64, help="approximate prompt length")
+    en.add_argument("--prompt-tokens", type=int, default=170, help="approximate prompt length")
     en.add_argument("--repeats", type=int, default=3, help="runs per concurrency (median reported)")
     en.add_argument("--device", default="auto")
     en.add_argument("--dtype", default="auto")
+    en.add_argument("--attention", default="auto", help="auto | sdpa | eager | flash_attention_2")
+    en.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on a GPU")
+    en.add_argument("--batch-invariant", action="store_true", help="measure the bit-exact mode instead")
+    en.add_argument("--no-baseline", action="store_true", help="skip transformers generate (and Poisson)")
+    en.add_argument("--poisson-requests", type=int, default=32, help="0 skips the Poisson comparison")
+    en.add_argument("--poisson-rate", type=float, default=0.0, help="requests/s (0: 0.8x the engine's top rate)")
+    en.add_argument("--json", default="", help="also write the results to this JSON file")
     en.add_argument("--threads", type=int, default=0,
                     help="torch intra-op threads (0: torch's default, one per core); a replica pinned with --cpus "
                          "gets one per pinned CPU")
@@ -135,13 +144,21 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench_engine(a: argparse.Namespace) -> int:
+    import json
+
     from tools.bench.engine import EngineBenchOptions, format_table, run_engine_bench
 
     checkpoint = ensure_checkpoint(a.preset, Path(a.checkpoint_root))
-    opts = EngineBenchOptions(checkpoint=Path(checkpoint), concurrency=tuple(int(c) for c in a.concurrency.split(",")),
-                              max_tokens=a.max_tokens, prompt_tokens=a.prompt_tokens, repeats=a.repeats,
-                              device=a.device, dtype=a.dtype, threads=a.threads)
-    print(format_table(run_engine_bench(opts), opts))
+    opts = EngineBenchOptions(
+        checkpoint=Path(checkpoint), concurrency=tuple(int(c) for c in a.concurrency.split(",")),
+        max_tokens=a.max_tokens, prompt_tokens=a.prompt_tokens, repeats=a.repeats, device=a.device, dtype=a.dtype,
+        attention=a.attention, threads=a.threads, cuda_graphs=not a.no_cuda_graphs, batch_invariant=a.batch_invariant,
+        baseline=not a.no_baseline, poisson_requests=a.poisson_requests, poisson_rate=a.poisson_rate)
+    result = run_engine_bench(opts)
+    print(format_table(result, opts))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(result.as_dict(), indent=1) + "\n")
     return 0
 
 

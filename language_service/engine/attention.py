@@ -1,11 +1,19 @@
-"""Row attention: each row of a batch attends over its own sequence's keys in the KV arena.
+"""Attention over the paged KV cache, registered with transformers' `AttentionInterface` as
+"dvd_paged": the stock attention modules project, rotate and write K/V (`PagedKVCache.update`),
+then call `paged_attention` with this forward's plan (passed as the `dvd_plan` kwarg).
 
-Registered with transformers' `AttentionInterface` as "dvd_rows", so the stock decoder layers
-call it with the arena that `KVArena.update()` returned; `RowPlan` (passed as a forward kwarg)
-says where each row's keys are. Per row it calls the configured backend (sdpa or
-flash_attention_2, or eager) on exactly that row's valid keys: no padding, no mask over other
-rows' lengths, so a row computes the same thing with the same kernel whatever else is in the
-batch. That batch invariance is what makes batched greedy outputs equal solo ones."""
+- `BatchedPlan` (the default): ONE kernel call per layer for the whole batch. Each row's keys
+  are gathered from its block table into a padded `[rows, kv_heads, max_keys, head_dim]` view
+  (one `index_select` of slot rows) and torch SDPA (or the eager kernel) runs once with a
+  length/causal mask. Packed prefill (several prompt chunks in one forward) uses the same call:
+  the chunk's queries are scattered into `[chunks, heads, max_chunk, head_dim]`.
+- `FlashPlan` (CUDA + flash-attn): decode through `flash_attn_with_kvcache` with the block table,
+  no gather at all.
+- `RowsPlan` (batch-invariant mode): one SDPA call per row on exactly that row's keys, no padding
+  and no mask over other rows' lengths, so a row's arithmetic is the same alone or in a crowd.
+
+A single row with all its keys (solo decode, a first prompt chunk) runs without a mask, exactly
+as transformers' "sdpa" runs an unpadded sequence, so solo greedy output equals `generate`."""
 
 from __future__ import annotations
 
@@ -16,33 +24,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-NAME = "dvd_rows"
+NAME = "dvd_paged"
 
 
-def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                    attention_mask: torch.Tensor | None, scaling: float, **_) -> tuple[torch.Tensor, None]:
-    """Plain softmax(QK^T)V for one row; attention_mask is a boolean keep-mask or None (causal)."""
-    groups = query.shape[1] // key.shape[1]
-    key, value = repeat_kv(key, groups), repeat_kv(value, groups)  # [1, heads, L, D]
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # [1, heads, T, L]
-    if attention_mask is None and query.shape[2] > 1:
-        attention_mask = causal_mask(query.shape[2], key.shape[2] - query.shape[2], query.device)
-    if attention_mask is not None:
-        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+def sdpa_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                is_causal: bool, scaling: float) -> torch.Tensor:
+    """query [R, heads, T, D], key/value [R, kv_heads, S, D], mask [R, 1, T, S] bool keep-mask or None."""
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=is_causal, scale=scaling,
+                                          enable_gqa=True)
+
+
+def eager_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                 is_causal: bool, scaling: float) -> torch.Tensor:
+    """Plain softmax(QK^T)V with grouped heads, same contract as `sdpa_kernel`."""
+    rows, heads, num_q, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(rows, kv_heads, heads // kv_heads * num_q, dim)  # heads of a group share keys
+    scores = torch.matmul(grouped, key.transpose(2, 3)).view(rows, heads, num_q, -1) * scaling  # [R, heads, T, S]
+    if is_causal:
+        mask = causal_mask(num_q, key.shape[2] - num_q, query.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     probs = scores.softmax(-1, dtype=torch.float32).to(query.dtype)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None  # [1, T, heads, D]
+    out = torch.matmul(probs.view(rows, kv_heads, -1, key.shape[2]), value)  # [R, kv_heads, group * T, D]
+    return out.view(rows, heads, num_q, dim)
 
 
-def sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                   attention_mask: torch.Tensor | None, scaling: float, **_) -> tuple[torch.Tensor, None]:
-    """torch SDPA for one row, called exactly as transformers' "sdpa" calls it for an unpadded
-    sequence (so a one-chunk prefill matches `generate` bit for bit), minus its per-call checks."""
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
-                                         is_causal=attention_mask is None and query.shape[2] > 1, enable_gqa=True)
-    return out.transpose(1, 2), None  # [1, T, heads, D]
+KERNELS: dict[str, Callable] = {"sdpa": sdpa_kernel, "eager": eager_kernel}
 
 
 def causal_mask(num_new: int, num_past: int, device: torch.device) -> torch.Tensor:
@@ -51,37 +60,79 @@ def causal_mask(num_new: int, num_past: int, device: torch.device) -> torch.Tens
     return (torch.arange(num_past + num_new, device=device)[None, :] <= rows)[None, None]
 
 
-def backend(name: str) -> Callable:
-    """The per-row kernel for an attn_implementation name."""
-    return {"eager": eager_attention, "sdpa": sdpa_attention}.get(name) or ALL_ATTENTION_FUNCTIONS[name]
+@dataclass(frozen=True)
+class BatchedPlan:
+    """Rows padded to `max_keys` keys. Decode feeds queries [rows, heads, 1, D]; packed prefill
+    feeds [1, heads, tokens, D] and names where each chunk's queries go (`query_index`)."""
+
+    num_rows: int
+    max_keys: int
+    gather_slots: torch.Tensor  # [rows * max_keys] cache slot of each (row, key); padding: scratch
+    mask: torch.Tensor | None  # [rows, 1, T, max_keys] bool; None: every key visible, or causal
+    is_causal: bool = False
+    query_index: torch.Tensor | None = None  # [rows * T] packed token of each (row, query); None: no repacking
+    output_index: torch.Tensor | None = None  # [tokens] (row, query) index of each packed token
+    kernel: Callable = sdpa_kernel
+
+    def attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> torch.Tensor:
+        """keys/values: this layer's cache [slots, kv_heads, D]. Returns [rows or 1, T or tokens, heads, D]."""
+        shape = (self.num_rows, self.max_keys, *keys.shape[1:])
+        k = keys.index_select(0, self.gather_slots).view(shape).transpose(1, 2)  # [R, kv_heads, S, D]
+        v = values.index_select(0, self.gather_slots).view(shape).transpose(1, 2)
+        heads, dim = query.shape[1], query.shape[3]
+        if self.query_index is not None:  # [1, heads, tokens, D] -> [R, heads, T, D]
+            query = query[0].index_select(1, self.query_index).view(heads, self.num_rows, -1, dim).transpose(0, 1)
+        out = self.kernel(query, k, v, self.mask, self.is_causal, scaling).transpose(1, 2)  # [R, T, heads, D]
+        if self.output_index is not None:
+            out = out.reshape(-1, heads, dim).index_select(0, self.output_index)[None]  # [1, tokens, heads, D]
+        return out
 
 
 @dataclass(frozen=True)
-class RowPlan:
-    """Where each row's keys live for one forward. Rows past `len(spans)` are padding."""
+class RowsPlan:
+    """Batch-invariant: per real row, its keys' slots and its mask (rows past them are padding)."""
 
-    spans: list[tuple[int, int]]  # per real row: (first arena position, number of keys incl. the new ones)
-    kernel: Callable  # sdpa / flash / eager, as `backend()` returns
-    mask: torch.Tensor | None = None  # [1, 1, T, L] for a prompt chunk after the first; None: causal / decode
+    row_slots: list[torch.Tensor]  # per row [num_keys]
+    masks: list[torch.Tensor | None]  # per row [1, 1, T, num_keys] or None (all visible / causal)
 
-
-def row_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                  attention_mask: object, scaling: float | None = None, dropout: float = 0.0,
-                  dvd_rows: RowPlan | None = None, **_) -> tuple[torch.Tensor, None]:
-    """query: [rows, heads, T, D]; key/value: this layer's arena [1, kv_heads, positions, D].
-    Returns [rows, T, heads, D] (padding rows are zeros)."""
-    if dvd_rows is None:
-        raise RuntimeError("dvd_rows attention needs a RowPlan (the engine's runner passes one)")
-    outputs = []
-    for row, (start, length) in enumerate(dvd_rows.spans):
-        k = key[:, :, start:start + length]  # [1, kv_heads, length, D], a view
-        v = value[:, :, start:start + length]
-        out, _ = dvd_rows.kernel(module, query[row:row + 1], k, v, dvd_rows.mask, dropout=0.0, scaling=scaling)
-        outputs.append(out)  # [1, T, heads, D]
-    padding = query.shape[0] - len(dvd_rows.spans)
-    if padding:
-        outputs.append(query.new_zeros(padding, query.shape[2], query.shape[1], query.shape[3]))
-    return torch.cat(outputs), None
+    def attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> torch.Tensor:
+        outputs = []
+        for row, (slots, mask) in enumerate(zip(self.row_slots, self.masks)):
+            k = keys.index_select(0, slots).transpose(0, 1)[None]  # [1, kv_heads, num_keys, D]
+            v = values.index_select(0, slots).transpose(0, 1)[None]
+            q = query[row:row + 1]  # [1, heads, T, D]
+            outputs.append(sdpa_kernel(q, k, v, mask, mask is None and q.shape[2] > 1, scaling).transpose(1, 2))
+        padding = query.shape[0] - len(self.row_slots)
+        if padding:
+            outputs.append(query.new_zeros(padding, query.shape[2], query.shape[1], query.shape[3]))
+        return torch.cat(outputs)  # [rows, T, heads, D]
 
 
-AttentionInterface.register(NAME, row_attention)
+@dataclass(frozen=True)
+class FlashPlan:
+    """Decode through flash-attn's paged kernel: the cache is read in place through the table."""
+
+    block_table: torch.Tensor  # [rows, max_blocks] int32
+    cache_seqlens: torch.Tensor  # [rows] int32, keys per row including this step's token
+    block_size: int
+
+    def attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> torch.Tensor:
+        from flash_attn import flash_attn_with_kvcache
+
+        shape = (-1, self.block_size, *keys.shape[1:])  # [blocks, block_size, kv_heads, D]
+        return flash_attn_with_kvcache(query.transpose(1, 2), keys.view(shape), values.view(shape),
+                                       cache_seqlens=self.cache_seqlens, block_table=self.block_table,
+                                       softmax_scale=scaling, causal=True)  # [rows, 1, heads, D]
+
+
+def paged_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: object, scaling: float | None = None, dropout: float = 0.0,
+                    dvd_plan: BatchedPlan | RowsPlan | FlashPlan | None = None, **_) -> tuple[torch.Tensor, None]:
+    """query: [rows, heads, T, D]; key/value: this layer's cache [slots, kv_heads, D] as
+    `PagedKVCache.update` returns it. Returns [rows, T, heads, D]."""
+    if dvd_plan is None:
+        raise RuntimeError("dvd_paged attention needs a plan (the engine's runner passes one)")
+    return dvd_plan.attend(query, key, value, scaling if scaling is not None else query.shape[-1] ** -0.5), None
+
+
+AttentionInterface.register(NAME, paged_attention)

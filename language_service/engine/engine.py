@@ -2,7 +2,7 @@
 
 Requests arrive from the asyncio side through `submit`/`abort` (thread-safe) and join the
 running batch at the next step boundary; finished and aborted ones leave at a step boundary,
-freeing their KV extent for the queue. Deltas leave through each sequence's `emit` callback."""
+freeing their KV blocks for the queue. Deltas leave through each sequence's `emit` callback."""
 
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ class Engine:
         self._postprocess(batch, sampled)
         with self._lock:
             self._publish_load()
-        self.metrics.record_step(time.perf_counter() - started, batch.num_prefill_tokens, len(batch.decode))
+        self.metrics.record_step(time.perf_counter() - started, batch.num_prefill_tokens, len(batch.decode),
+                                 batch.num_preempted)
 
     def _schedule(self) -> Batch:
         with self._lock:
@@ -97,7 +98,7 @@ class Engine:
         for chunk in batch.prefill:
             chunk.seq.num_cached_tokens = chunk.end
         for seq in batch.decode:
-            seq.num_cached_tokens += 1  # the token it was fed is in its extent now
+            seq.num_cached_tokens += 1  # the token it was fed is in its blocks now
         now = time.perf_counter_ns()
         for seq, token_id in sampled:
             if not seq.abort_requested:  # an abort that raced this step is reaped at the next one
@@ -133,7 +134,7 @@ class Engine:
 
     def _finish(self, seq: Sequence, reason: FinishReason, token_ids: list[int] | None = None,
                 text: str = "", flush: bool = True) -> None:
-        """Caller holds the lock. Frees the sequence's KV and emits the final delta."""
+        """Caller holds the lock. Frees the sequence's KV blocks and emits the final delta."""
         if flush:
             text += seq.stops.feed(seq.detokenizer.flush())[0] + seq.stops.flush()
         seq.finish_reason = reason
@@ -145,7 +146,7 @@ class Engine:
 
     def _publish_load(self) -> None:
         s = self.scheduler
-        self.metrics.set_load(len(s.running), len(s.waiting), s.kv.usage)
+        self.metrics.set_load(len(s.running), len(s.waiting), s.blocks.usage)
 
     def _loop(self) -> None:
         while True:

@@ -19,7 +19,7 @@ class EngineMetrics:
         self.waiting = Gauge("dvd:language_waiting_seqs", "Sequences queued for admission", registry=registry)
         self.queue_depth = Gauge("dvd:language_queue_depth", "Requests in this replica (waiting + running)",
                                  registry=registry)
-        self.kv_usage = Gauge("dvd:language_kv_usage_ratio", "Reserved fraction of the KV arena (0..1)",
+        self.kv_usage = Gauge("dvd:language_kv_usage_ratio", "Fraction of the KV cache's blocks in use (0..1)",
                               registry=registry)
         self.step_seconds = Histogram("dvd:language_step_seconds", "Wall time of one engine step",
                                       buckets=STEP_BUCKETS, registry=registry)
@@ -28,6 +28,8 @@ class EngineMetrics:
                                      registry=registry)
         self.finished = Counter("dvd:language_requests_finished", "Requests finished, by finish reason",
                                 ["finish_reason"], registry=registry)
+        self.preempted = Counter("dvd:language_preemptions", "Sequences preempted (KV freed, recomputed later)",
+                                 registry=registry)
         self.rejected = Counter("dvd:language_requests_rejected", "Requests refused because the queue was full",
                                 registry=registry)
 
@@ -37,8 +39,10 @@ class EngineMetrics:
         self.queue_depth.set(num_running + num_waiting)
         self.kv_usage.set(kv_usage)
 
-    def record_step(self, seconds: float, num_prefill_tokens: int, num_decode_tokens: int) -> None:
+    def record_step(self, seconds: float, num_prefill_tokens: int, num_decode_tokens: int,
+                    num_preempted: int = 0) -> None:
         self.step_seconds.observe(seconds)
+        self.preempted.inc(num_preempted)
         self.prefill_tokens.inc(num_prefill_tokens)
         self.decode_tokens.inc(num_decode_tokens)
 

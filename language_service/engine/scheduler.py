@@ -1,14 +1,19 @@
-"""Iteration-level policy: who is admitted, which prompt chunks run, who decodes. No tensors.
+"""Iteration-level policy: who is admitted, who is preempted, which prompt chunks run, who
+decodes. No tensors.
 
-Every step, waiting sequences are admitted in FIFO order while a running slot and a KV extent
-are free (the bounded queue in front answers ResourceExhausted when full). Running sequences
-that have a whole prompt in cache decode together; prompts are prefilled in chunks of at most
-`max_prefill_tokens`, with at most that many prompt tokens per step, so one huge image prompt
-cannot stall every decode for its whole length.
+Every step, running sequences that have their prefill in cache decode, each first taking a KV
+block if its next token starts one. When no block is free the newest running sequence is
+preempted (its blocks freed, back to the head of the queue, recomputed later) until the older
+ones fit: work is delayed, never refused. Then, unless something was just preempted, waiting
+sequences are admitted in FIFO order while a running slot and blocks for their prefill are free
+(the bounded queue in front answers ResourceExhausted when full). Prompts are prefilled in chunks
+of at most `max_prefill_tokens`, with at most that many prompt tokens per step, so one huge image
+prompt cannot stall every decode for its whole length.
 
 Chunk boundaries depend only on the prompt (chunk k is positions [k*C, (k+1)*C)), never on
-what else is running: a sequence's prefill does the same arithmetic alone or in a crowd,
-which is what makes batched outputs token-exact to solo runs."""
+what else is running, which batch-invariant mode needs for token-exact batched outputs. In that
+mode a recomputed sequence re-prefills only its prompt and replays its output through decode
+steps, so its cache is rebuilt with exactly the arithmetic that built it the first time."""
 
 from __future__ import annotations
 
@@ -16,14 +21,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from dvd.errors import InvalidRequest, ResourceExhausted
-from language_service.engine.kv_extents import ExtentAllocator
+from language_service.engine.block_manager import BlockManager
 from language_service.engine.sequence import Sequence, Status
 
 
 @dataclass(frozen=True)
 class PrefillChunk:
     seq: Sequence
-    start: int  # first prompt position of the chunk
+    start: int  # first position of the chunk
     num_tokens: int
 
     @property
@@ -31,15 +36,16 @@ class PrefillChunk:
         return self.start + self.num_tokens
 
     @property
-    def is_last(self) -> bool:
-        """The chunk that completes the prompt samples the first output token."""
-        return self.end == self.seq.num_prompt_tokens
+    def samples(self) -> bool:
+        """The chunk that completes a fresh prompt samples the first output token."""
+        return self.end == self.seq.num_tokens
 
 
 @dataclass
 class Batch:
-    decode: list[Sequence] = field(default_factory=list)  # whole prompt cached: one token each
-    prefill: list[PrefillChunk] = field(default_factory=list)  # prompt pieces, one forward each
+    decode: list[Sequence] = field(default_factory=list)  # prefill cached: one token each
+    prefill: list[PrefillChunk] = field(default_factory=list)  # prompt pieces, packed into one forward
+    num_preempted: int = 0
 
     @property
     def num_prefill_tokens(self) -> int:
@@ -47,22 +53,23 @@ class Batch:
 
 
 class Scheduler:
-    def __init__(self, max_running_seqs: int, max_waiting_seqs: int, max_kv_tokens: int,
-                 max_prefill_tokens: int) -> None:
-        if min(max_running_seqs, max_waiting_seqs, max_kv_tokens, max_prefill_tokens) < 1:
+    def __init__(self, max_running_seqs: int, max_waiting_seqs: int, blocks: BlockManager,
+                 max_prefill_tokens: int, replay_outputs: bool = False) -> None:
+        if min(max_running_seqs, max_waiting_seqs, max_prefill_tokens) < 1:
             raise ValueError("scheduler limits must be positive")
         self.max_running_seqs = max_running_seqs
         self.max_waiting_seqs = max_waiting_seqs
         self.max_prefill_tokens = max_prefill_tokens
-        self.kv = ExtentAllocator(max_kv_tokens)
+        self.blocks = blocks
+        self.replay_outputs = replay_outputs  # batch-invariant recompute: re-prefill the prompt only
         self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
+        self.running: list[Sequence] = []  # in admission order: the newest is preempted first
 
     def add(self, seq: Sequence) -> None:
         """Queue a sequence; raises ResourceExhausted when the queue is full."""
-        if seq.max_kv_tokens > self.kv.num_tokens:
+        if seq.max_kv_tokens > self.blocks.num_tokens:
             raise InvalidRequest(f"request needs {seq.max_kv_tokens} KV positions; this replica holds "
-                                 f"{self.kv.num_tokens} in all (shorten the prompt or max_tokens)")
+                                 f"{self.blocks.num_tokens} in all (shorten the prompt or max_tokens)")
         if len(self.waiting) >= self.max_waiting_seqs:
             raise ResourceExhausted(f"language queue is full ({self.max_waiting_seqs} requests waiting)")
         self.waiting.append(seq)
@@ -71,24 +78,30 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> Batch:
-        """Admit what fits, then plan this step: every decodable sequence, plus prompt chunks."""
-        batch = Batch(decode=[s for s in self.running if not s.is_prefilling])
-        self._admit()
-        budget = self.max_prefill_tokens
-        for seq in (s for s in self.running if s.is_prefilling):
-            start = seq.num_cached_tokens
-            num = min(self.max_prefill_tokens, seq.num_prompt_tokens - start)
-            if num > budget:
-                break
-            batch.prefill.append(PrefillChunk(seq, start, num))
-            budget -= num
+        """Plan this step: every decodable sequence (preempting when blocks run out), then
+        admissions and prompt chunks."""
+        batch = Batch()
+        for seq in [s for s in self.running if not s.is_prefilling]:
+            if seq.status is not Status.RUNNING:
+                continue  # preempted a moment ago, for an older sequence's block
+            while not self.blocks.grow(seq, seq.num_cached_tokens + 1):
+                victim = self.running[-1]
+                self._preempt(victim)
+                batch.num_preempted += 1
+                if victim is seq:
+                    break
+            else:
+                batch.decode.append(seq)
+        if not batch.num_preempted:
+            self._admit()
+        self._plan_prefill(batch)
         return batch
 
     def finish(self, seq: Sequence) -> None:
-        """Remove a sequence wherever it is and give its KV extent back."""
+        """Remove a sequence wherever it is and give its KV blocks back."""
         if seq.status is Status.RUNNING:
             self.running.remove(seq)
-            self.kv.free(seq.kv_start, seq.max_kv_tokens)
+            self.blocks.free(seq)
         elif seq.status is Status.WAITING:
             self.waiting.remove(seq)
         seq.status = Status.FINISHED
@@ -96,11 +109,30 @@ class Scheduler:
     def find(self, request_id: str) -> Sequence | None:
         return next((s for s in (*self.running, *self.waiting) if s.request_id == request_id), None)
 
+    def _plan_prefill(self, batch: Batch) -> None:
+        budget = self.max_prefill_tokens
+        for seq in (s for s in self.running if s.is_prefilling):
+            start = seq.num_cached_tokens
+            num = min(self.max_prefill_tokens - start % self.max_prefill_tokens, seq.num_prefill - start)
+            if num > budget:
+                break
+            batch.prefill.append(PrefillChunk(seq, start, num))
+            budget -= num
+
     def _admit(self) -> None:
         while self.waiting and len(self.running) < self.max_running_seqs:
-            start = self.kv.allocate(self.waiting[0].max_kv_tokens)
-            if start is None:
+            seq = self.waiting[0]
+            if not self.blocks.grow(seq, seq.num_prefill):
                 return  # FIFO: the head waits for room rather than being overtaken
-            seq = self.waiting.popleft()
-            seq.kv_start, seq.status = start, Status.RUNNING
+            self.waiting.popleft()
+            seq.status = Status.RUNNING
             self.running.append(seq)
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Free `seq`'s blocks and queue it first; it recomputes its cache when readmitted."""
+        self.running.remove(seq)
+        self.blocks.free(seq)
+        seq.status, seq.num_cached_tokens = Status.WAITING, 0
+        seq.num_prefill = seq.num_prompt_tokens if self.replay_outputs or not seq.output_ids else seq.num_tokens - 1
+        seq.num_preemptions += 1
+        self.waiting.appendleft(seq)

@@ -1,8 +1,14 @@
-"""A request inside the engine: prompt, image features, sampling state, where its KV lives,
-how far its prompt is prefilled, and the output so far.
+"""A request inside the engine: prompt, image features, sampling state, which KV blocks it
+holds, how far its tokens are cached, and the output so far.
 
 The scheduler reads and advances the bookkeeping fields; the runner reads them to index the
-KV arena; nothing else is passed between the two."""
+paged KV cache; nothing else is passed between the two.
+
+Positions [0, num_prefill) are written by prefill chunks, later ones by decode steps, which feed
+the token at `num_cached_tokens` and sample only once the cache holds every token but the last.
+After a preemption (its blocks taken back) a sequence starts over from position 0 with its output
+kept: the prompt and the tokens already streamed are recomputed, nothing is sampled or emitted
+twice."""
 
 from __future__ import annotations
 
@@ -21,8 +27,8 @@ from language_service.engine.stops import StopStrings
 
 
 class Status(enum.Enum):
-    WAITING = "waiting"  # queued, owns no KV
-    RUNNING = "running"  # owns a KV extent: prefilling, then decoding
+    WAITING = "waiting"  # queued (or preempted), owns no KV
+    RUNNING = "running"  # owns KV blocks: prefilling, then decoding
     FINISHED = "finished"
 
 
@@ -41,8 +47,10 @@ class Sequence:
     status: Status = Status.WAITING
     finish_reason: FinishReason | None = None
     generator: torch.Generator | None = None
-    kv_start: int = -1  # first arena position of this sequence's extent (-1: none yet)
-    num_cached_tokens: int = 0  # positions whose K/V are already in the extent
+    block_table: list[int] = field(default_factory=list)  # KV block ids, in position order
+    num_cached_tokens: int = 0  # positions whose K/V are already in the cache
+    num_prefill: int = 0  # positions written by prefill chunks (set at admission)
+    num_preemptions: int = 0
     arrived_ns: int = field(default_factory=time.perf_counter_ns)
     scheduled_ns: int = 0
     first_token_ns: int = 0
@@ -52,6 +60,7 @@ class Sequence:
 
     def __post_init__(self) -> None:
         self.stops = StopStrings(self.sampling.stop)
+        self.num_prefill = self.num_prefill or len(self.prompt_ids)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -68,11 +77,21 @@ class Sequence:
 
     @property
     def is_prefilling(self) -> bool:
-        return self.num_cached_tokens < len(self.prompt_ids)
+        return self.num_cached_tokens < self.num_prefill
 
     @property
-    def last_token_id(self) -> int:
-        return self.output_ids[-1] if self.output_ids else self.prompt_ids[-1]
+    def samples_next(self) -> bool:
+        """A decode step now samples (False while a recomputed sequence replays its output)."""
+        return self.num_cached_tokens + 1 == self.num_tokens
+
+    def token_ids(self, start: int, end: int) -> list[int]:
+        """Token ids at positions [start, end) of prompt + output."""
+        prompt = self.prompt_ids[start:end]
+        return prompt + self.output_ids[max(0, start - len(self.prompt_ids)):max(0, end - len(self.prompt_ids))]
+
+    def token_at(self, position: int) -> int:
+        n = len(self.prompt_ids)
+        return self.prompt_ids[position] if position < n else self.output_ids[position - n]
 
     def take_logprobs(self) -> list[TokenLogprobs]:
         """The logprobs of the tokens sampled since the last delta (empty unless asked for)."""

@@ -12,14 +12,14 @@ import torch
 from prometheus_client import CollectorRegistry
 from transformers import AutoTokenizer
 
+from dvd.config import LanguageConfig
 from dvd.types import Delta, FinishReason, SamplingParams
 from language_service.detokenizer import IncrementalDetokenizer
+from language_service.engine.build import build_engine
 from language_service.engine.engine import Engine
 from language_service.engine.grammars import GrammarCompiler
 from language_service.engine.logprobs import LogprobBuffer, TokenVocab
 from language_service.engine.metrics import EngineMetrics
-from language_service.engine.runner import ModelRunner
-from language_service.engine.scheduler import Scheduler
 from language_service.engine.sequence import Sequence
 from language_service.model import build_language_model
 
@@ -70,11 +70,16 @@ class EngineKit:
 
     def engine(self, max_running_seqs: int = 16, max_waiting_seqs: int = 64, max_kv_tokens: int = 8192,
                max_prefill_tokens: int = 2048, max_model_len: int = 4096, eos: set[int] | None = None,
-               registry: CollectorRegistry | None = None) -> Engine:
-        runner = ModelRunner(self.model, self.image_token_id, max_kv_tokens, "sdpa")
-        scheduler = Scheduler(max_running_seqs, max_waiting_seqs, max_kv_tokens, max_prefill_tokens)
+               registry: CollectorRegistry | None = None, batch_invariant: bool = False,
+               kv_block_size: int = 16, cuda_graphs: bool = True, attn_implementation: str = "sdpa") -> Engine:
+        """An engine built as LanguageCore builds one (`build_engine`), on this kit's model."""
+        cfg = LanguageConfig(model="test", max_running_seqs=max_running_seqs, max_queue=max_waiting_seqs,
+                             max_kv_tokens=max_kv_tokens, max_prefill_tokens=max_prefill_tokens,
+                             max_model_len=max_model_len, batch_invariant=batch_invariant,
+                             kv_block_size=kv_block_size, cuda_graphs=cuda_graphs)
         eos = {self.tokenizer.eos_token_id} if eos is None else eos
-        return Engine(runner, scheduler, eos, max_model_len, EngineMetrics(registry or CollectorRegistry()))
+        return build_engine(cfg, self.model, self.image_token_id, attn_implementation, eos, max_model_len,
+                            EngineMetrics(registry or CollectorRegistry()))
 
     def request(self, request_id: str, text: str, max_tokens: int, sampling: SamplingParams | None = None,
                 num_image_tokens: int = 0, image_seed: int = 0) -> Request:

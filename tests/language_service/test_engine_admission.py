@@ -1,6 +1,7 @@
-"""Admission and memory: the running cap and the KV-token budget hold, the queue is bounded,
-an abort frees its KV at the next step and the freed room admits waiting requests; the
-engine's metrics count what happened."""
+"""Admission and memory: the running cap and the KV budget hold, the queue is bounded, an abort
+frees its KV blocks at the next step and the freed room admits waiting requests; when blocks run
+out the newest sequences are preempted and recomputed, with the same tokens; the engine's
+metrics count what happened."""
 
 from __future__ import annotations
 
@@ -30,10 +31,12 @@ def test_abort_frees_the_slot_and_admits_the_waiting(tiny_kit):
     assert [r.finish_reason for r in requests[:2]] == [FinishReason.ABORT] * 2
     assert len(requests[0].token_ids) == streamed  # nothing after the abort
     assert [r.seq.status for r in requests[2:]] == [Status.RUNNING] * 2
-    assert engine.scheduler.kv.num_used == sum(r.seq.max_kv_tokens for r in requests[2:])
+    blocks = engine.scheduler.blocks
+    assert blocks.num_used == sum(len(r.seq.block_table) for r in requests[2:])
+    assert requests[0].seq.block_table == [] and requests[1].seq.block_table == []
     drive(engine, {})
     assert [r.finish_reason for r in requests[2:]] == [FinishReason.LENGTH] * 2
-    assert engine.scheduler.kv.num_used == 0
+    assert blocks.num_used == 0
 
 
 def test_abort_of_a_waiting_request(tiny_kit):
@@ -57,23 +60,32 @@ def test_queue_full_is_resource_exhausted(tiny_kit):
     assert registry.get_sample_value("dvd:language_requests_rejected_total") == 1
 
 
-def test_kv_budget_bounds_admission_and_memory(tiny_kit):
-    budget = 300
-    engine = tiny_kit.engine(max_kv_tokens=budget, max_model_len=budget)
+@pytest.mark.parametrize("batch_invariant", [False, True])
+def test_kv_budget_preempts_and_recomputes_the_same_tokens(tiny_kit, batch_invariant):
+    """A budget that holds every prompt but not every full output: admission by free blocks lets
+    all five in, the newest are preempted as blocks run out, and each finishes with the tokens it
+    gets alone (batch-invariant mode replays its output so its cache is rebuilt bit for bit; the
+    fast path re-prefills it, within float tolerance of the solo run's arithmetic)."""
+    budget = 320
+    engine = tiny_kit.engine(max_kv_tokens=budget, max_model_len=budget, batch_invariant=batch_invariant)
     requests = [tiny_kit.request(f"kv{i}", f"request {i} about ships", 100) for i in range(5)]
-    need = requests[0].seq.max_kv_tokens
-    assert 2 * need <= budget < 3 * need
-    assert engine.runner.kv.kv.shape[-2] == budget + 1  # the arena is the budget (+1 scratch), nothing more
+    assert 2 * requests[0].seq.max_kv_tokens <= budget < 3 * requests[0].seq.max_kv_tokens
+    assert engine.runner.kv.kv.shape[2] == budget + 16  # the cache is the budget (+1 scratch block), nothing more
     for request in requests:
         engine.submit(request.seq)
     peak = 0
     while engine.has_work():
         engine.step()
-        assert engine.scheduler.kv.num_used <= budget
+        assert engine.scheduler.blocks.num_used * 16 <= budget
         peak = max(peak, len(engine.scheduler.running))
-    assert peak == 2
-    assert all(r.finish_reason is FinishReason.LENGTH for r in requests)
-    assert engine.scheduler.kv.num_used == 0
+    assert peak == 5, "paged admission admits by the prompt's blocks, not prompt + max_tokens"
+    assert sum(r.seq.num_preemptions for r in requests) > 0
+    assert all(r.finish_reason is FinishReason.LENGTH and len(r.token_ids) == 100 for r in requests)
+    assert engine.scheduler.blocks.num_used == 0
+    for i, request in enumerate(requests):
+        alone = tiny_kit.request(f"alone{i}", f"request {i} about ships", 100)
+        drive(tiny_kit.engine(batch_invariant=batch_invariant), {0: [alone]})
+        assert request.token_ids == alone.token_ids, f"request {i} changed after preemption"
 
 
 def test_a_request_larger_than_the_budget_is_refused(tiny_kit):
@@ -108,4 +120,5 @@ def test_load_gauges_while_busy(tiny_kit):
     assert registry.get_sample_value("dvd:language_running_seqs") == 1
     assert registry.get_sample_value("dvd:language_waiting_seqs") == 2
     assert registry.get_sample_value("dvd:language_queue_depth") == 3
-    assert registry.get_sample_value("dvd:language_kv_usage_ratio") == requests[0].seq.max_kv_tokens / 1000
+    blocks = -(-requests[0].seq.num_tokens // 16)
+    assert registry.get_sample_value("dvd:language_kv_usage_ratio") == blocks / (1000 // 16)

@@ -1,6 +1,7 @@
-"""Continuous batching is invisible in the outputs: a request's greedy tokens are the same
-whether it runs alone or joins a crowd mid-flight, prefilled whole or in chunks (CPU fp32, the
-real tiny and small models)."""
+"""Batch-invariant mode: continuous batching is invisible in the outputs, bit for bit. A
+request's greedy tokens (and logits) are the same whether it runs alone or joins a crowd
+mid-flight, prefilled whole or in chunks (CPU fp32, the real tiny and small models). The fast
+path's tolerance-based counterparts are in test_engine_fast_path.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import pytest
 import torch
 
 from dvd.types import FinishReason
-from language_service.engine.runner import ModelRunner
 from language_service.model import build_language_model
 from tests.language_service.conftest import drive, run_alone
 
@@ -28,7 +28,7 @@ def _staggered(kit, prefix: str) -> tuple[dict[int, list], list]:
 
 
 def test_staggered_batch_equals_solo_runs(kit):
-    limits = dict(max_prefill_tokens=192)  # long image prompts prefill in chunks while others decode
+    limits = dict(max_prefill_tokens=192, batch_invariant=True)  # long image prompts prefill in chunks while others decode
     arrivals, batched = _staggered(kit, "batch-")
     engine = kit.engine(**limits)
     peak = 0
@@ -49,27 +49,26 @@ def test_staggered_batch_equals_solo_runs(kit):
     assert len({tuple(r.token_ids) for r in batched}) == len(batched), "outputs collide: equality is vacuous"
 
 
-class RecordingRunner(ModelRunner):
-    """Keeps every decode row's logits, by request id."""
+def recording(engine):
+    """Makes the engine's runner keep every decode row's logits, by request id."""
+    runner, decode = engine.runner, engine.runner._decode
+    runner.logits = {}
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.logits: dict[str, list[torch.Tensor]] = {}
-
-    def _decode(self, seqs):
-        logits = super()._decode(seqs)
+    def record(seqs):
+        logits = decode(seqs)
         for seq, row in zip(seqs, logits):
-            self.logits.setdefault(seq.request_id.split("-")[-1], []).append(row.clone())
+            runner.logits.setdefault(seq.request_id.split("-")[-1], []).append(row.clone())
         return logits
+
+    runner._decode = record
+    return engine
 
 
 def test_decode_logits_are_bit_identical_at_any_batch_size(small_kit):
     """Stronger than token equality: padding decode batches to full BLAS row tiles and attending
     per row make a row's arithmetic independent of its neighbours (see runner.py)."""
     def engine():
-        e = small_kit.engine()
-        e.runner = RecordingRunner(small_kit.model, small_kit.image_token_id, 8192, "sdpa")
-        return e
+        return recording(small_kit.engine(batch_invariant=True))
 
     crowd_engine = engine()
     arrivals, _ = _staggered(small_kit, "batch-")
@@ -88,9 +87,7 @@ def test_rows_in_lockstep_stay_bit_identical(small_kit):
     where batching attention across rows is tempting, and where torch's CPU SDPA splits its work
     differently for a batch than for one row) keep their solo logits bit for bit."""
     def engine():
-        e = small_kit.engine()
-        e.runner = RecordingRunner(small_kit.model, small_kit.image_token_id, 8192, "sdpa")
-        return e
+        return recording(small_kit.engine(batch_invariant=True))
 
     def requests(prefix):
         return [small_kit.request(f"{prefix}{i}", "What is in this image?", 12, num_image_tokens=64, image_seed=i)
@@ -118,6 +115,7 @@ def test_chunked_prefill_equals_unchunked(kit, chunk):
 
 
 def test_decodes_keep_flowing_while_a_long_prompt_prefills(tiny_kit):
+    """Both modes chunk alike; the fast path packs the chunk and the decodes' step together."""
     engine = tiny_kit.engine(max_prefill_tokens=128)
     short = tiny_kit.request("short", "hello there", 64)
     long = tiny_kit.request("long", "look at this: " * 4, 8, num_image_tokens=1024)

@@ -61,12 +61,14 @@ def _free(kit, request_id: str, seed: int | None = None):
 
 
 def test_json_schema_answers_validate_in_a_batch_beside_unchanged_free_requests(tiny_kit):
-    solo = [run_alone(tiny_kit, _free(tiny_kit, "free-greedy")), run_alone(tiny_kit, _free(tiny_kit, "free-seed", 3))]
+    exact = {"batch_invariant": True}  # the mode in which a batch must not change a neighbour's tokens
+    solo = [run_alone(tiny_kit, _free(tiny_kit, "free-greedy"), **exact),
+            run_alone(tiny_kit, _free(tiny_kit, "free-seed", 3), **exact)]
     guided = [tiny_kit.request(f"{name}/{temperature}", PROMPT, MAX_TOKENS,
                                SamplingParams(temperature=temperature, seed=11, guided=_guided(schema)))
               for name, schema in SCHEMAS.items() for temperature in (0.0, 1.0)]
     free = [_free(tiny_kit, "free-greedy"), _free(tiny_kit, "free-seed", 3)]
-    drive(tiny_kit.engine(), {0: guided[::2] + free[:1], 1: guided[1::2] + free[1:]})
+    drive(tiny_kit.engine(**exact), {0: guided[::2] + free[:1], 1: guided[1::2] + free[1:]})
     for request in guided:
         name = request.seq.request_id.split("/")[0]
         assert request.finish_reason is FinishReason.STOP, (name, request.text)
@@ -159,3 +161,22 @@ def test_guided_logprobs_are_over_the_allowed_tokens(tiny_kit):
     assert first.top and all(t.token and ("alpha".startswith(t.token) or "beta".startswith(t.token))
                              for t in first.top)
     assert sum(torch.tensor([t.logprob for t in first.top]).exp().tolist()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_preempted_guided_sequence_keeps_its_grammar_state(tiny_kit):
+    """Preemption recomputes the KV of the tokens already streamed without sampling them again,
+    so each matcher sees every token once: the outputs are those of solo runs."""
+    long_string = _guided({"type": "object", "required": ["text"],
+                           "properties": {"text": {"type": "string", "minLength": 1000}}})
+    budget = 320
+
+    def requests(tag: str):
+        return [tiny_kit.request(f"{tag}{i}", f"request {i} about ships", 100,
+                                 SamplingParams(temperature=1.0, seed=i, guided=long_string)) for i in range(4)]
+
+    crowded = requests("kv")
+    drive(tiny_kit.engine(max_kv_tokens=budget, max_model_len=budget, batch_invariant=True), {0: crowded})
+    assert sum(r.seq.num_preemptions for r in crowded) > 0
+    for request, alone in zip(crowded, requests("alone")):
+        run_alone(tiny_kit, alone, batch_invariant=True)
+        assert request.finish_reason is FinishReason.LENGTH and request.token_ids == alone.token_ids

@@ -1,30 +1,37 @@
-"""`dvd bench engine`: aggregate decode throughput of the continuous-batching engine at several
-concurrencies, side by side in one run on one loaded model.
+"""`dvd bench engine`: the language engine against transformers' batched `generate`, side by
+side in one run on the same weights and threads, plus Poisson arrivals against a static-batch
+server and the KV capacity of paging.
 
-Method: one language replica is loaded exactly as the service loads it (`LanguageCore.load`:
-weights, tokenizer, KV arena, warm-up, engine thread). For each concurrency c, c requests with
-distinct chat prompts of about `prompt_tokens` tokens are submitted to the engine at once,
-greedy, `ignore_eos`, exactly `max_tokens` tokens each; this thread then sleeps until they
-finish (no asyncio or gRPC in the loop: this measures the engine, not the serving stack).
-Decode throughput = tokens generated after each request's first token, summed, divided by the
-time from the moment every request has its first token to the moment the last one finishes
-(prefill excluded). Each concurrency runs `repeats` times after a warm-up; medians are reported
-with the ratio to the first concurrency. One extra run at concurrency 1 without the decode
-batch padding (see `language_service/engine/runner.py`) shows what batch invariance costs a
-single stream."""
+Method. One language replica is loaded exactly as the service loads it (`LanguageCore.load`:
+weights, tokenizer, paged KV cache, warm-up, engine thread); a second copy of the same weights
+(transformers' own sdpa attention) serves the baselines (`engine_baseline.py`). Prompts are
+distinct chat prompts of about `prompt_tokens` tokens; every request is greedy with exactly
+`max_tokens` new tokens (`ignore_eos`; `min_new_tokens` for `generate`).
+
+1. Concurrency c: c requests submitted to the engine at once (no asyncio or gRPC: this measures
+   the engine), and the same c prompts as one left-padded `generate` batch. Whole-run tokens/s =
+   new tokens / (last finish - submission), prefill included. Engine and baseline alternate,
+   `repeats` times after a warm-up of each; medians and their ratio are reported.
+2. Poisson: `poisson_requests` requests at `poisson_rate`/s (0: 0.8x the engine's measured
+   request rate at the top concurrency, a load both servers see as busy) to the engine and to
+   the static-batch server, same arrival times. Tokens/s over the makespan, and mean latency.
+3. KV capacity (`kv_capacity.py`, no model): sequences running at once at a fixed KV budget,
+   2048 max_tokens but 64 actual output tokens, paged vs worst-case reservation."""
 
 from __future__ import annotations
 
 import statistics
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dvd.config import DeviceConfig, LanguageConfig
 from dvd.types import Delta, Message, SamplingParams, TextPart
 from language_service.detokenizer import IncrementalDetokenizer
 from language_service.engine.sequence import Sequence
+from tools.bench.engine_baseline import StaticBatchServer, generate_batch, poisson_arrivals
+from tools.bench.kv_capacity import KvCapacity, kv_capacity
 
 WORDS = "the lighthouse keeper watched ships cross the grey northern sea every night".split()
 
@@ -32,104 +39,197 @@ WORDS = "the lighthouse keeper watched ships cross the grey northern sea every n
 @dataclass(frozen=True)
 class EngineBenchOptions:
     checkpoint: Path
-    concurrency: tuple[int, ...] = (1, 4, 16)
+    concurrency: tuple[int, ...] = (1, 16, 64)
     max_tokens: int = 128
-    prompt_tokens: int = 64
+    prompt_tokens: int = 170
     repeats: int = 3
     device: str = "auto"
     dtype: str = "auto"
+    attention: str = "auto"  # DeviceConfig.attn_implementation: auto | sdpa | eager | flash_attention_2
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    cuda_graphs: bool = True
+    batch_invariant: bool = False
+    baseline: bool = True  # measure transformers generate side by side
+    poisson_requests: int = 32  # 0: skip the Poisson comparison
+    poisson_rate: float = 0.0
+    kv_budget_tokens: int = 65536
 
 
-@dataclass(frozen=True)
+@dataclass
 class EngineBenchResult:
     device: str
-    rates: dict[int, float]  # concurrency -> decode tokens/s (median)
-    unpadded_single: float  # concurrency 1 without the batch-invariance padding
+    engine: dict[int, float] = field(default_factory=dict)  # concurrency -> whole-run tokens/s (median)
+    generate: dict[int, float] = field(default_factory=dict)
+    poisson: dict = field(default_factory=dict)
+    kv: KvCapacity | None = None
+
+    def as_dict(self) -> dict:
+        return {"device": self.device, "engine_tokens_per_s": self.engine, "generate_tokens_per_s": self.generate,
+                "poisson": self.poisson, "kv_capacity": asdict(self.kv) if self.kv else None}
 
 
 class _Tracker:
-    """Times one request from the engine thread's deltas."""
+    """Collects one request's tokens from the engine thread's deltas."""
 
     def __init__(self) -> None:
-        self.first_s = 0.0
-        self.num_tokens = 0
+        self.token_ids: list[int] = []
+        self.finished_s = 0.0
         self.error: Exception | None = None
         self.done = threading.Event()
 
     def on_delta(self, delta: Delta | Exception) -> None:
         if isinstance(delta, Exception):
             self.error = delta
-            self.done.set()
-            return
-        self.first_s = self.first_s or time.perf_counter()
-        self.num_tokens += len(delta.token_ids)
-        if delta.finish_reason is not None:
-            self.done.set()
+        else:
+            self.token_ids += delta.token_ids
+            if delta.finish_reason is None:
+                return
+        self.finished_s = time.perf_counter()
+        self.done.set()
+
+    def wait(self) -> None:
+        if not self.done.wait(timeout=3600) or self.error is not None:
+            raise RuntimeError(f"benchmark request failed: {self.error or 'timed out'}")
 
 
-def _submit(core, index: int, opts: EngineBenchOptions) -> _Tracker:
-    words = " ".join(WORDS[(index + i) % len(WORDS)] for i in range(opts.prompt_tokens))
-    prompt = core.prompts.build([Message(role="user", parts=(TextPart(f"Request {index}: {words}"),))], [])
+def bench_prompts(core, count: int, prompt_tokens: int) -> list[list[int]]:
+    """`count` distinct chat prompts of at least `prompt_tokens` tokens."""
+    prompts = []
+    for index in range(count):
+        words: list[str] = []
+        ids: list[int] = []
+        while len(ids) < prompt_tokens:
+            words += [WORDS[(index + len(words)) % len(WORDS)] for _ in range(8)]
+            message = Message(role="user", parts=(TextPart(f"Request {index}: {' '.join(words)}"),))
+            ids = core.prompts.build([message], []).token_ids
+        prompts.append(ids)
+    return prompts
+
+
+def submit(core, prompt: list[int], max_tokens: int) -> _Tracker:
     tracker = _Tracker()
     core.engine.submit(Sequence(
-        request_id=f"bench-{index}-{time.monotonic_ns()}", prompt_ids=prompt.token_ids, image_features=None,
-        sampling=SamplingParams(max_tokens=opts.max_tokens, ignore_eos=True), max_tokens=opts.max_tokens,
+        request_id=f"bench-{time.monotonic_ns()}", prompt_ids=prompt, image_features=None,
+        sampling=SamplingParams(max_tokens=max_tokens, ignore_eos=True), max_tokens=max_tokens,
         detokenizer=IncrementalDetokenizer(core.tokenizer), emit=tracker.on_delta))
     return tracker
 
 
-def _decode_rate(core, concurrency: int, opts: EngineBenchOptions) -> float:
-    trackers = [_submit(core, i, opts) for i in range(concurrency)]
+def engine_rate(core, prompts: list[list[int]], max_tokens: int) -> float:
+    """Whole-run tokens/s of the engine with every prompt submitted at once."""
+    started = time.perf_counter()
+    trackers = [submit(core, p, max_tokens) for p in prompts]
     for tracker in trackers:
-        if not tracker.done.wait(timeout=3600):
-            raise TimeoutError("benchmark request did not finish")
-        if tracker.error is not None:
-            raise RuntimeError(f"benchmark request failed: {tracker.error}")
-    finished = time.perf_counter()
-    all_started = max(t.first_s for t in trackers)
-    return sum(t.num_tokens - 1 for t in trackers) / (finished - all_started)
+        tracker.wait()
+    return sum(len(t.token_ids) for t in trackers) / (max(t.finished_s for t in trackers) - started)
 
 
-def _median_rate(core, concurrency: int, opts: EngineBenchOptions) -> float:
-    return statistics.median(_decode_rate(core, concurrency, opts) for _ in range(opts.repeats))
+def generate_rate(model, prompts: list[list[int]], max_tokens: int, pad_id: int) -> float:
+    started = time.perf_counter()
+    num_tokens = generate_batch(model, prompts, max_tokens, pad_id)
+    return num_tokens / (time.perf_counter() - started)
+
+
+def engine_poisson(core, prompts: list[list[int]], arrivals: list[float], max_tokens: int) -> tuple[float, list[float]]:
+    """(makespan s, per-request latency s) of the engine under the arrival schedule."""
+    start = time.perf_counter()
+    trackers = []
+    for prompt, at in zip(prompts, arrivals):
+        time.sleep(max(0.0, at - (time.perf_counter() - start)))
+        trackers.append(submit(core, prompt, max_tokens))
+    for tracker in trackers:
+        tracker.wait()
+    return max(t.finished_s for t in trackers) - start, [t.finished_s - start - at for t, at in zip(trackers, arrivals)]
+
+
+def _median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+def load_core(opts: EngineBenchOptions):
+    from language_service.core import LanguageCore
+
+    top = max(opts.concurrency)
+    cfg = LanguageConfig(model=str(opts.checkpoint), device=DeviceConfig(opts.device, opts.dtype, opts.attention),
+                         max_running_seqs=top, max_queue=max(top, opts.poisson_requests),
+                         max_kv_tokens=max(65536, top * (opts.prompt_tokens + opts.max_tokens) * 2),
+                         cuda_graphs=opts.cuda_graphs, batch_invariant=opts.batch_invariant)
+    core = LanguageCore(cfg, opts.checkpoint)
+    core.load()
+    return core
 
 
 def run_engine_bench(opts: EngineBenchOptions) -> EngineBenchResult:
     import torch
 
-    from language_service.core import LanguageCore
+    from language_service.model import build_language_model
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
-
-    cfg = LanguageConfig(model=str(opts.checkpoint), device=DeviceConfig(device=opts.device, dtype=opts.dtype),
-                         max_running_seqs=max(opts.concurrency), max_queue=max(opts.concurrency))
-    core = LanguageCore(cfg, opts.checkpoint)
-    core.load()
+    core = load_core(opts)
+    param = next(core.model.parameters())
+    reference = build_language_model(opts.checkpoint, dtype=param.dtype, device=param.device) if opts.baseline else None
+    pad_id = core.tokenizer.pad_token_id if core.tokenizer.pad_token_id is not None else 0
+    prompts = bench_prompts(core, max(max(opts.concurrency), opts.poisson_requests), opts.prompt_tokens)
+    runner = core.engine.runner
+    result = EngineBenchResult(f"{core.device_desc}, engine attention {runner.backend}"
+                               f"{' + CUDA graphs' if runner.graphs else ''}, "
+                               f"{'batch-invariant' if runner.batch_invariant else 'fast path'}, "
+                               f"{torch.get_num_threads()} torch threads")
     try:
-        _decode_rate(core, max(opts.concurrency), opts)  # warm-up: allocator, kernels, caches
-        rates = {c: _median_rate(core, c, opts) for c in opts.concurrency}
-        runner = core.engine.runner
-        padded, runner.decode_row_multiple = runner.decode_row_multiple, 1
-        unpadded = _median_rate(core, 1, opts)
-        runner.decode_row_multiple = padded
+        top = prompts[: max(opts.concurrency)]
+        engine_rate(core, top, opts.max_tokens)  # warm-up: allocator, kernels, CUDA graphs
+        if reference is not None:
+            generate_rate(reference, top, opts.max_tokens, pad_id)
+        samples: dict[str, dict[int, list[float]]] = {"engine": {}, "generate": {}}
+        for _ in range(opts.repeats):
+            for c in opts.concurrency:
+                samples["engine"].setdefault(c, []).append(engine_rate(core, prompts[:c], opts.max_tokens))
+                if reference is not None:
+                    samples["generate"].setdefault(c, []).append(
+                        generate_rate(reference, prompts[:c], opts.max_tokens, pad_id))
+        result.engine = {c: _median(v) for c, v in samples["engine"].items()}
+        result.generate = {c: _median(v) for c, v in samples["generate"].items()}
+        if opts.poisson_requests and reference is not None:
+            result.poisson = _poisson(core, reference, prompts[: opts.poisson_requests], opts, pad_id, result)
     finally:
         core.stop()
-    desc = f"{core.device_desc}, attention {core.attn_implementation}, {torch.get_num_threads()} torch threads"
-    return EngineBenchResult(desc, rates, unpadded)
+    result.kv = kv_capacity(opts.kv_budget_tokens, opts.prompt_tokens, 2048, 64, runner.kv.block_size)
+    return result
+
+
+def _poisson(core, reference, prompts, opts: EngineBenchOptions, pad_id: int, result: EngineBenchResult) -> dict:
+    top = max(opts.concurrency)
+    rate = opts.poisson_rate or 0.8 * result.engine[top] / opts.max_tokens
+    arrivals = poisson_arrivals(len(prompts), rate)
+    num_tokens = len(prompts) * opts.max_tokens
+    engine_s, engine_lat = engine_poisson(core, prompts, arrivals, opts.max_tokens)
+    static_s, static_lat = StaticBatchServer(reference, opts.max_tokens, pad_id, top).serve(prompts, arrivals)
+    return {"rate_per_s": rate, "num_requests": len(prompts), "engine_tokens_per_s": num_tokens / engine_s,
+            "static_tokens_per_s": num_tokens / static_s, "engine_mean_latency_s": statistics.mean(engine_lat),
+            "static_mean_latency_s": statistics.mean(static_lat)}
 
 
 def format_table(result: EngineBenchResult, opts: EngineBenchOptions) -> str:
     base_c = opts.concurrency[0]
-    base = result.rates[base_c]
-    lines = [f"engine decode throughput: {opts.checkpoint.name}, {result.device}",
-             f"about {opts.prompt_tokens}-token prompts, {opts.max_tokens} greedy tokens each, "
-             f"median of {opts.repeats}", "",
-             f"| concurrency | decode tokens/s | tokens/s per request | vs concurrency {base_c} |",
-             "|---:|---:|---:|---:|"]
-    lines += [f"| {c} | {r:.1f} | {r / c:.1f} | {r / base:.2f}x |" for c, r in result.rates.items()]
-    top = max(result.rates)
-    lines += ["", f"concurrency 1 without batch-invariance padding: {result.unpadded_single:.1f} tokens/s "
-              f"(concurrency {top} is {result.rates[top] / result.unpadded_single:.2f}x that)"]
+    lines = [f"engine vs transformers generate: {opts.checkpoint.name}, {result.device}",
+             f"~{opts.prompt_tokens}-token prompts, {opts.max_tokens} greedy tokens each, whole-run tokens/s "
+             f"(prefill included), median of {opts.repeats}, engine and generate alternating", "",
+             f"| concurrency | engine tokens/s | generate tokens/s | engine / generate | engine vs concurrency {base_c} |",
+             "|---:|---:|---:|---:|---:|"]
+    for c, rate in result.engine.items():
+        gen = result.generate.get(c)
+        lines.append(f"| {c} | {rate:.1f} | {gen or float('nan'):.1f} | "
+                     f"{rate / gen if gen else float('nan'):.2f}x | {rate / result.engine[base_c]:.2f}x |")
+    if result.poisson:
+        p = result.poisson
+        lines += ["", f"Poisson arrivals: {p['num_requests']} requests at {p['rate_per_s']:.2f}/s; engine "
+                  f"{p['engine_tokens_per_s']:.1f} tokens/s vs static-batch server {p['static_tokens_per_s']:.1f} "
+                  f"({p['engine_tokens_per_s'] / p['static_tokens_per_s']:.2f}x); mean latency "
+                  f"{p['engine_mean_latency_s']:.2f} s vs {p['static_mean_latency_s']:.2f} s"]
+    if result.kv:
+        kv = result.kv
+        lines += ["", f"KV capacity at {kv.budget_tokens} tokens (max_tokens 2048, 64 actual output tokens, "
+                  f"blocks of {kv.block_size}): paged {kv.paged_mean:.0f} sequences running on average while queued "
+                  f"(peak {kv.paged_peak}, {kv.num_preemptions} preemptions) vs {kv.reserved} reserved: {kv.ratio:.1f}x"]
     return "\n".join(lines)

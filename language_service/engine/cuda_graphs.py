@@ -1,0 +1,125 @@
+"""Decode under CUDA graphs (as nano-vllm and vLLM do): one graph per (batch-size bucket,
+key-length bucket), captured the first time a step needs it, replayed afterwards; prefill and
+anything larger than the biggest bucket run eagerly.
+
+A graph replays fixed kernels on fixed buffers, so everything that varies per step lives in
+static tensors refilled before each replay: token ids, the slots the new keys go to, the rotary
+cos/sin (computed outside the graph: dynamic RoPE branches on data), and either the gathered
+key slots + length mask (SDPA path, keys padded to the bucket) or the block table + lengths
+(flash-attn path). Rows past the real batch are padding: token 0, scratch slot, one visible key.
+CUDA only; the runner never builds this on CPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from language_service.engine.attention import BatchedPlan, FlashPlan
+from language_service.engine.forward import DecoderForward
+from language_service.engine.kv_cache import PagedKVCache
+from language_service.engine.plans import Planner
+from language_service.engine.sequence import Sequence
+
+MIN_KEY_BUCKET = 256
+
+
+def bucket(n: int, buckets: list[int]) -> int:
+    return next(b for b in buckets if b >= n)
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    small = [b for b in (1, 2, 4, 8) if b < max_batch]
+    return small + list(range(16, max_batch, 16)) + [max_batch]
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    ids: torch.Tensor  # [B, 1]
+    cos: torch.Tensor  # [B, 1, head_dim]
+    sin: torch.Tensor
+    writes: torch.Tensor  # [B]
+    keys: torch.Tensor  # SDPA: gather slots [B * S]; flash: block table [B, W] int32
+    lengths: torch.Tensor  # SDPA: keep-mask [B, 1, 1, S]; flash: cache_seqlens [B] int32
+    logits: torch.Tensor  # [B, vocab]
+
+
+class DecodeGraphs:
+    def __init__(self, forward: DecoderForward, kv: PagedKVCache, planner: Planner, max_batch: int,
+                 flash: bool) -> None:
+        self.forward, self.kv, self.planner, self.flash = forward, kv, planner, flash
+        self.batches = batch_buckets(max_batch)
+        self.graphs: dict[tuple[int, int], _Graph] = {}
+        self.pool = None
+
+    def fits(self, seqs: list[Sequence]) -> bool:
+        return len(seqs) <= self.batches[-1]
+
+    def run(self, seqs: list[Sequence], ids: list[int]) -> torch.Tensor:
+        """Logits [len(seqs), vocab] of one decode step, replayed from the bucket's graph."""
+        num_keys = max(s.num_cached_tokens for s in seqs) + 1
+        width = max(MIN_KEY_BUCKET, 1 << (num_keys - 1).bit_length())  # keys (SDPA) per row, padded
+        if self.flash:
+            width = -(-width // self.kv.block_size)  # blocks per row
+        key = (bucket(len(seqs), self.batches), width)
+        graph = self.graphs.get(key) or self._capture(*key)
+        self._load(graph, seqs, ids)
+        graph.graph.replay()
+        return graph.logits[: len(seqs)]
+
+    def _load(self, g: _Graph, seqs: list[Sequence], ids: list[int]) -> None:
+        rows, n = g.ids.shape[0], len(seqs)
+        pos = self.planner.tensor([s.num_cached_tokens for s in seqs] + [0] * (rows - n))  # [B]
+        g.ids.copy_(self.planner.tensor(ids + [0] * (rows - n))[:, None])
+        cos, sin = self.forward.rotary(g.cos, pos[:, None])
+        g.cos.copy_(cos)
+        g.sin.copy_(sin)
+        bs, scratch = self.kv.block_size, self.planner.scratch_block
+        if self.flash:
+            tables = [s.block_table + [scratch] * (g.keys.shape[1] - len(s.block_table)) for s in seqs]
+            table = self.planner.tensor(tables + [[scratch] * g.keys.shape[1]] * (rows - n))  # [B, W]
+            g.keys.copy_(table)
+            g.lengths.copy_(pos + 1)
+            g.writes.copy_(table.gather(1, (pos // bs)[:, None]).view(-1) * bs + pos % bs)
+            return
+        num_keys = g.lengths.shape[-1]
+        slots = self.planner.slot_table(seqs, num_keys)  # [n, S]
+        slots = torch.cat([slots, slots.new_full((rows - n, num_keys), self.kv.scratch_slot)])
+        g.keys.copy_(slots.view(-1))
+        g.lengths.copy_((torch.arange(num_keys, device=pos.device)[None] <= pos[:, None])[:, None, None])
+        g.writes.copy_(slots.gather(1, pos[:, None]).view(-1))
+
+    def _capture(self, rows: int, width: int) -> _Graph:
+        device, head_dim = self.kv.kv.device, self.kv.head_dim
+        long = dict(dtype=torch.long, device=device)
+        if self.flash:
+            keys = torch.full((rows, width), self.planner.scratch_block, dtype=torch.int32, device=device)
+            lengths = torch.ones(rows, dtype=torch.int32, device=device)
+            plan = FlashPlan(keys, lengths, self.kv.block_size)
+        else:
+            keys = torch.full((rows * width,), self.kv.scratch_slot, **long)
+            lengths = torch.zeros(rows, 1, 1, width, dtype=torch.bool, device=device)
+            lengths[..., 0] = True
+            plan = BatchedPlan(rows, width, keys, lengths, kernel=self.planner.kernel)
+        ids = torch.zeros(rows, 1, **long)
+        writes = torch.full((rows,), self.kv.scratch_slot, **long)
+        cos = torch.ones(rows, 1, head_dim, dtype=self.kv.kv.dtype, device=device)
+        sin = torch.zeros_like(cos)
+
+        def step() -> torch.Tensor:
+            self.kv.plan_writes(writes)
+            return self.forward.layers_forward(self.forward.embed_tokens(ids), (cos, sin), self.kv, plan)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph (cuBLAS handles, autotuning)
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            logits = step()
+        self.pool = graph.pool()
+        captured = _Graph(graph, ids, cos, sin, writes, keys, lengths, logits)
+        self.graphs[(rows, width)] = captured
+        return captured

@@ -1,0 +1,52 @@
+"""The GPU-only paths: CUDA-graph decode and flash-attn's paged decode. On CPU they must stay out
+of the way (the runner never builds them); with CUDA, graph replay must give eager's tokens.
+scripts/gpu_check.sh exercises them end to end on a GPU machine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dvd.devices import flash_attn_available
+from language_service.engine.cuda_graphs import batch_buckets, bucket
+from language_service.engine.runner import ModelRunner
+from tests.language_service.conftest import drive
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_batch_buckets_cover_every_size():
+    buckets = batch_buckets(64)
+    assert buckets == [1, 2, 4, 8, 16, 32, 48, 64]
+    assert [bucket(n, buckets) for n in (1, 3, 9, 33, 64)] == [1, 4, 16, 48, 64]
+    assert batch_buckets(5) == [1, 2, 4, 5]
+
+
+def test_cpu_runner_builds_no_graphs(tiny_kit):
+    runner = ModelRunner(tiny_kit.model, tiny_kit.image_token_id, 8, 16, cuda_graphs=True)
+    assert runner.graphs is None
+
+
+def _tokens_on_cuda(kit, attention: str, graphs: bool) -> list[list[int]]:
+    kit.model.to("cuda")
+    try:
+        engine = kit.engine(kv_block_size=256 if attention == "flash_attention_2" else 16, cuda_graphs=graphs,
+                            attn_implementation=attention)
+        assert (engine.runner.graphs is not None) == graphs
+        requests = [kit.request(f"g{i}", f"graph request {i} " * (i + 1), 12) for i in range(3)]
+        drive(engine, {0: requests})
+        return [r.token_ids for r in requests]
+    finally:
+        kit.model.to("cpu")
+
+
+@cuda
+def test_cuda_graph_decode_matches_eager(tiny_kit):
+    assert _tokens_on_cuda(tiny_kit, "sdpa", True) == _tokens_on_cuda(tiny_kit, "sdpa", False)
+    assert _tokens_on_cuda(tiny_kit, "eager", True) == _tokens_on_cuda(tiny_kit, "eager", False)
+
+
+@cuda
+@pytest.mark.skipif(not flash_attn_available(), reason="needs flash-attn")
+def test_flash_paged_decode_matches_sdpa(tiny_kit):
+    assert _tokens_on_cuda(tiny_kit, "flash_attention_2", True) == _tokens_on_cuda(tiny_kit, "sdpa", False)

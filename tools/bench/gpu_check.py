@@ -1,0 +1,136 @@
+"""`scripts/gpu_check.sh` (python -m tools.bench.gpu_check): what a GPU machine runs once to
+check the engine's GPU paths and record its numbers, in one JSON file.
+
+1. Writes the `1b-shape` checkpoint (InternVL3-1B's exact tensor shapes, random init).
+2. Runs `dvd bench engine` in bf16 at concurrency 1/16/64 for every available attention backend
+   (sdpa, eager, and flash_attention_2 when flash-attn imports), each with and without CUDA
+   graphs; transformers `generate` side by side on the first configuration only (it does not
+   change with the engine's settings).
+3. Token-exact check: greedy tokens of the engine (each prompt alone, then all in one batch)
+   against `InternVLForConditionalGeneration.generate` on the same checkpoint and dtype; reports
+   the fraction of tokens that agree (bf16 is not bit-stable across kernels, so less than 1.0 is
+   a finding to read, not a crash).
+
+Results are written after every section, so a run cut short keeps what it measured. It imports
+nothing from the gateway (no fastapi/uvicorn), and needs no network. `--device cpu --preset tiny`
+is the dry path the CPU test suite runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from dvd.devices import flash_attn_available
+from tools.bench.engine import EngineBenchOptions, bench_prompts, load_core, run_engine_bench, submit
+
+
+def backends(device: str) -> list[str]:
+    return ["sdpa", "eager"] + (["flash_attention_2"] if device.startswith("cuda") and flash_attn_available() else [])
+
+
+def bench_section(opts: EngineBenchOptions, device: str) -> list[dict]:
+    runs = []
+    graph_modes = (True, False) if device.startswith("cuda") else (False,)
+    for i, (attention, graphs) in enumerate((a, g) for a in backends(device) for g in graph_modes):
+        run_opts = replace(opts, attention=attention, cuda_graphs=graphs, baseline=i == 0,
+                           poisson_requests=opts.poisson_requests if i == 0 else 0)
+        started = time.perf_counter()
+        result = run_engine_bench(run_opts)
+        runs.append({"attention": attention, "cuda_graphs": graphs, "seconds": time.perf_counter() - started,
+                     **result.as_dict()})
+    return runs
+
+
+def token_check(checkpoint: Path, device: str, dtype: str, num_prompts: int, max_tokens: int) -> dict:
+    """Engine greedy tokens (solo and batched) vs InternVLForConditionalGeneration.generate."""
+    from transformers import InternVLForConditionalGeneration
+
+    opts = EngineBenchOptions(checkpoint=checkpoint, concurrency=(num_prompts,), device=device, dtype=dtype)
+    core = load_core(opts)
+    prompts = bench_prompts(core, num_prompts, 48)
+    try:
+        solo = [_collect([submit(core, prompt, max_tokens)])[0] for prompt in prompts]
+        batched = _collect([submit(core, prompt, max_tokens) for prompt in prompts])
+    finally:
+        core.stop()
+    model = InternVLForConditionalGeneration.from_pretrained(checkpoint, dtype=next(core.model.parameters()).dtype)
+    model = model.to(next(core.model.parameters()).device).eval()
+    reference = []
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = torch.tensor([prompt], device=model.device)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                 min_new_tokens=max_tokens, do_sample=False)
+            reference.append(out[0, len(prompt):].tolist())
+    return {"num_prompts": num_prompts, "max_tokens": max_tokens, "dtype": str(model.dtype),
+            "solo_agreement": _agreement(solo, reference), "batched_agreement": _agreement(batched, reference),
+            "solo_exact_sequences": sum(a == b for a, b in zip(solo, reference)),
+            "batched_exact_sequences": sum(a == b for a, b in zip(batched, reference))}
+
+
+def _collect(trackers) -> list[list[int]]:
+    for tracker in trackers:
+        tracker.wait()
+    return [tracker.token_ids for tracker in trackers]
+
+
+def _agreement(outputs: list[list[int]], reference: list[list[int]]) -> float:
+    """Fraction of reference tokens matched position by position (up to each first divergence)."""
+    matched = 0
+    for out, ref in zip(outputs, reference):
+        matched += next((i for i, (a, b) in enumerate(zip(out, ref)) if a != b), min(len(out), len(ref)))
+    return matched / max(1, sum(len(r) for r in reference))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.bench.gpu_check", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="the JSON file to write")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--preset", default="1b-shape", help="a preset or a checkpoint dir")
+    p.add_argument("--checkpoint-root", default="checkpoints")
+    p.add_argument("--concurrency", default="1,16,64")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--prompt-tokens", type=int, default=170)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--check-prompts", type=int, default=8)
+    p.add_argument("--check-tokens", type=int, default=32)
+    p.add_argument("--poisson-requests", type=int, default=16)
+    a = p.parse_args(argv)
+    from tools.checkpoint import ensure_checkpoint
+
+    out = Path(a.out)
+    report: dict = {"tool": "scripts/gpu_check.sh", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "torch": torch.__version__, "cuda_device": torch.cuda.get_device_name(0)
+                    if torch.cuda.is_available() else None, "device": a.device, "dtype": a.dtype,
+                    "attention_backends": backends(a.device)}
+    started = time.perf_counter()
+    checkpoint = Path(ensure_checkpoint(a.preset, Path(a.checkpoint_root)))
+    report["checkpoint"] = {"preset": a.preset, "path": str(checkpoint), "seconds": time.perf_counter() - started}
+    _write(out, report)
+    opts = EngineBenchOptions(checkpoint=checkpoint, concurrency=tuple(int(c) for c in a.concurrency.split(",")),
+                              max_tokens=a.max_tokens, prompt_tokens=a.prompt_tokens, repeats=a.repeats,
+                              device=a.device, dtype=a.dtype, poisson_requests=a.poisson_requests)
+    report["engine_bench"] = bench_section(opts, a.device)
+    _write(out, report)
+    report["token_check"] = token_check(checkpoint, a.device, a.dtype, a.check_prompts, a.check_tokens)
+    report["fastapi_imported"] = any(m in sys.modules for m in ("fastapi", "uvicorn"))
+    report["total_seconds"] = time.perf_counter() - started
+    _write(out, report)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def _write(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
