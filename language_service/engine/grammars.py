@@ -25,7 +25,6 @@ import re
 import threading
 
 import numpy as np
-import torch
 import xgrammar as xgr
 from cachetools import LRUCache
 
@@ -94,10 +93,10 @@ def choice_grammar(choices: tuple[str, ...]) -> str:
     return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
 
 
-def _words(allowed: list[bool]) -> torch.Tensor:
+def _words(allowed: list[bool]) -> np.ndarray:
     """Per-token flags -> the bitmask layout ([ceil(V / 32)] int32, bit j of word w is token 32w + j)."""
     packed = np.packbits(np.array(allowed + [False] * (-len(allowed) % 32)), bitorder="little")  # uint8
-    return torch.from_numpy(packed.view("<u4").view(np.int32).copy())
+    return packed.view("<u4").view(np.int32).copy()
 
 
 def _without_special_tokens(tokenizer, described: xgr.TokenizerInfo, vocab_size: int,

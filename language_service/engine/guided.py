@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 class GuideState:
     """One sequence's position in its grammar. Lives on the engine thread."""
 
-    def __init__(self, grammar: xgr.CompiledGrammar, allowed_words: torch.Tensor | None = None) -> None:
+    def __init__(self, grammar: xgr.CompiledGrammar, allowed_words: np.ndarray | None = None) -> None:
         self.matcher = xgr.GrammarMatcher(grammar)
         self.allowed_words = allowed_words  # [W] int32: tokens this guide may ever use (None: all)
 
@@ -31,7 +31,7 @@ class GuideState:
         """Write the tokens allowed next into bitmask[row] ([rows, ceil(V / 32)] int32, on CPU)."""
         self.matcher.fill_next_token_bitmask(bitmask, row)
         if self.allowed_words is not None:
-            bitmask[row] &= self.allowed_words
+            bitmask.numpy()[row] &= self.allowed_words  # numpy: a torch op per row costs more than the fill
 
     def advance(self, token_id: int) -> bool:
         """Feed the accepted token; True when the grammar is complete (its stop token accepted)."""

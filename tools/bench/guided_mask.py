@@ -113,10 +113,11 @@ class _Llguidance:
 
 
 def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
-    """logits: [B, V]; bitmask: [B, ceil(V / 32)] int32, bit j of word w allows token 32w + j."""
-    bits = torch.tensor([1 << j for j in range(32)], dtype=torch.int64).to(torch.int32)  # [32]
-    allowed = (bitmask.unsqueeze(-1) & bits) != 0  # [B, W, 32]
-    return logits.masked_fill(~allowed.flatten(1)[:, : logits.shape[1]], float("-inf"))
+    """logits: [B, V]; bitmask: [B, ceil(V / 32)] int32 in the layout both libraries write."""
+    from language_service.engine.guided import unpack_bitmask
+
+    allowed = torch.from_numpy(unpack_bitmask(bitmask, logits.shape[1]))  # [B, V]
+    return logits.masked_fill(~allowed, float("-inf"))
 
 
 def load_tokenizer(source: str):
