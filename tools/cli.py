@@ -128,8 +128,8 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     en.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on a GPU")
     en.add_argument("--batch-invariant", action="store_true", help="measure the bit-exact mode instead")
     en.add_argument("--no-baseline", action="store_true", help="skip transformers generate (and Poisson)")
-    en.add_argument("--poisson-requests", type=int, default=32, help="0 skips the Poisson comparison")
-    en.add_argument("--poisson-rate", type=float, default=0.0, help="requests/s (0: 0.8x the engine's top rate)")
+    en.add_argument("--poisson-requests", type=int, default=48, help="0 skips the Poisson comparison")
+    en.add_argument("--poisson-rate", type=float, default=0.0, help="requests/s (0: the engine's top request rate)")
     en.add_argument("--json", default="", help="also write the results to this JSON file")
     en.add_argument("--threads", type=int, default=0,
                     help="torch intra-op threads (0: torch's default, one per core); a replica pinned with --cpus "

@@ -65,32 +65,35 @@ class Planner:
 
     def packed_prefill(self, chunks: list[PrefillChunk]) -> ForwardInputs:
         """Every chunk's tokens in one [1, N] forward; attention sees [chunks, T_max] queries."""
-        seqs = [c.seq for c in chunks]
         num_keys = max(c.end for c in chunks)
-        slots = self.slot_table(seqs, num_keys)  # [C, S]
-        width = max(c.num_tokens for c in chunks)
+        slots = self.slot_table([c.seq for c in chunks], num_keys)  # [C, S]
         positions = torch.cat([torch.arange(c.start, c.end, device=self.device) for c in chunks])  # [N]
         row_of = torch.cat([torch.full((c.num_tokens,), i, device=self.device) for i, c in enumerate(chunks)])
-        writes = slots[row_of, positions]
-        sampled = [c for c in chunks if c.samples]
-        ends = torch.tensor([c.num_tokens for c in chunks]).cumsum(0)
-        logits_index = self.tensor([int(ends[i]) - 1 for i, c in enumerate(chunks) if c.samples]) if sampled else None
+        ends = torch.tensor([c.num_tokens for c in chunks]).cumsum(0)  # [C] packed index after each chunk
+        sampled = [int(end) - 1 for end, c in zip(ends, chunks) if c.samples]
+        logits_index = self.tensor(sampled) if sampled else None
         if len(chunks) == 1:
             chunk = chunks[0]
             mask = None if chunk.start == 0 else causal_mask(chunk.num_tokens, chunk.start, self.device)
             plan = BatchedPlan(1, num_keys, slots.reshape(-1), mask, is_causal=chunk.start == 0, kernel=self.kernel)
-            return ForwardInputs(positions[None], writes, plan, logits_index)
+        else:
+            plan = self._packed_plan(chunks, slots, row_of, positions, ends)
+        return ForwardInputs(positions[None], slots[row_of, positions], plan, logits_index)
+
+    def _packed_plan(self, chunks: list[PrefillChunk], slots: torch.Tensor, row_of: torch.Tensor,
+                     positions: torch.Tensor, ends: torch.Tensor) -> BatchedPlan:
+        """Chunk c's query t (position start_c + t) sees keys 0..start_c + t; padded queries are dropped."""
+        num_rows, num_keys = slots.shape
+        lengths = torch.tensor([c.num_tokens for c in chunks])
+        width = int(lengths.max())
         starts = self.tensor([c.start for c in chunks])
         query_pos = starts[:, None] + torch.arange(width, device=self.device)[None]  # [C, T]
         mask = (torch.arange(num_keys, device=self.device)[None, None] <= query_pos[:, :, None])[:, None]
-        firsts = ends - torch.tensor([c.num_tokens for c in chunks])
-        local = torch.arange(width)[None]
-        valid = local < torch.tensor([c.num_tokens for c in chunks])[:, None]  # [C, T]
-        query_index = torch.where(valid, firsts[:, None] + local, 0).view(-1).to(self.device)
-        output_index = (row_of * width + positions - starts[row_of]).to(self.device)
-        plan = BatchedPlan(len(chunks), num_keys, slots.reshape(-1), mask, False, query_index, output_index,
-                           self.kernel)
-        return ForwardInputs(positions[None], writes, plan, logits_index)
+        local = torch.arange(width)[None]  # [1, T]
+        query_index = torch.where(local < lengths[:, None], (ends - lengths)[:, None] + local, 0)  # [C, T]
+        output_index = row_of * width + positions - starts[row_of]  # [N]
+        return BatchedPlan(num_rows, num_keys, slots.reshape(-1), mask, False, query_index.view(-1).to(self.device),
+                           output_index, self.kernel)
 
     def rows_decode(self, seqs: list[Sequence], num_rows: int, scratch_slot: int) -> ForwardInputs:
         """Batch-invariant decode: `num_rows` rows (padding past the sequences), per-row attention."""

@@ -5,8 +5,10 @@ Every step, running sequences that have their prefill in cache decode, each firs
 block if its next token starts one. When no block is free the newest running sequence is
 preempted (its blocks freed, back to the head of the queue, recomputed later) until the older
 ones fit: work is delayed, never refused. Then, unless something was just preempted, waiting
-sequences are admitted in FIFO order while a running slot and blocks for their prefill are free
-(the bounded queue in front answers ResourceExhausted when full). Prompts are prefilled in chunks
+sequences are admitted in FIFO order while a running slot and blocks for their prefill are free,
+keeping a small watermark of blocks (1%) for the running sequences' next tokens so an admission
+is not undone by a preemption a few steps later (the bounded queue in front answers
+ResourceExhausted when full). Prompts are prefilled in chunks
 of at most `max_prefill_tokens`, with at most that many prompt tokens per step, so one huge image
 prompt cannot stall every decode for its whole length.
 
@@ -62,6 +64,7 @@ class Scheduler:
         self.max_prefill_tokens = max_prefill_tokens
         self.blocks = blocks
         self.replay_outputs = replay_outputs  # batch-invariant recompute: re-prefill the prompt only
+        self.watermark_blocks = max(1, blocks.num_blocks // 100)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order: the newest is preempted first
 
@@ -122,8 +125,10 @@ class Scheduler:
     def _admit(self) -> None:
         while self.waiting and len(self.running) < self.max_running_seqs:
             seq = self.waiting[0]
-            if not self.blocks.grow(seq, seq.num_prefill):
+            reserve = self.watermark_blocks if self.running else 0  # alone, a sequence may use every block
+            if self.blocks.missing(seq, seq.num_prefill) + reserve > self.blocks.num_free:
                 return  # FIFO: the head waits for room rather than being overtaken
+            self.blocks.grow(seq, seq.num_prefill)
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)

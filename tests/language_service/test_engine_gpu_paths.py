@@ -27,8 +27,8 @@ def test_cpu_runner_builds_no_graphs(tiny_kit):
     assert runner.graphs is None
 
 
-def _tokens_on_cuda(kit, attention: str, graphs: bool) -> list[list[int]]:
-    kit.model.to("cuda")
+def _tokens_on_cuda(kit, attention: str, graphs: bool, dtype: torch.dtype = torch.float32) -> list[list[int]]:
+    kit.model.to("cuda", dtype)
     try:
         engine = kit.engine(kv_block_size=256 if attention == "flash_attention_2" else 16, cuda_graphs=graphs,
                             attn_implementation=attention)
@@ -37,7 +37,7 @@ def _tokens_on_cuda(kit, attention: str, graphs: bool) -> list[list[int]]:
         drive(engine, {0: requests})
         return [r.token_ids for r in requests]
     finally:
-        kit.model.to("cpu")
+        kit.model.to("cpu", torch.float32)
 
 
 @cuda
@@ -48,5 +48,9 @@ def test_cuda_graph_decode_matches_eager(tiny_kit):
 
 @cuda
 @pytest.mark.skipif(not flash_attn_available(), reason="needs flash-attn")
-def test_flash_paged_decode_matches_sdpa(tiny_kit):
-    assert _tokens_on_cuda(tiny_kit, "flash_attention_2", True) == _tokens_on_cuda(tiny_kit, "sdpa", False)
+def test_flash_paged_decode_agrees_with_sdpa(tiny_kit):
+    """bf16 (flash-attn's dtypes): different kernels round differently, so agreement, not equality."""
+    flash = _tokens_on_cuda(tiny_kit, "flash_attention_2", True, torch.bfloat16)
+    sdpa = _tokens_on_cuda(tiny_kit, "sdpa", False, torch.bfloat16)
+    same = sum(a == b for f, s in zip(flash, sdpa) for a, b in zip(f, s))
+    assert same >= 0.8 * sum(len(s) for s in sdpa)

@@ -11,10 +11,14 @@ distinct chat prompts of about `prompt_tokens` tokens; every request is greedy w
 1. Concurrency c: c requests submitted to the engine at once (no asyncio or gRPC: this measures
    the engine), and the same c prompts as one left-padded `generate` batch. Whole-run tokens/s =
    new tokens / (last finish - submission), prefill included. Engine and baseline alternate,
-   `repeats` times after a warm-up of each; medians and their ratio are reported.
-2. Poisson: `poisson_requests` requests at `poisson_rate`/s (0: 0.8x the engine's measured
-   request rate at the top concurrency, a load both servers see as busy) to the engine and to
-   the static-batch server, same arrival times. Tokens/s over the makespan, and mean latency.
+   `repeats` times after a warm-up of each; reported: median tokens/s and the median of the
+   paired ratios (each engine run over the generate run right after it). Also per CPU-second of
+   the process (`time.process_time`): on a shared machine the wall clock also counts the time
+   other processes held the CPU, the CPU clock only the work done (CPU only: GPU work is async).
+2. Poisson: `poisson_requests` requests at `poisson_rate`/s (0: the engine's measured request
+   rate at the top concurrency, a load both servers see as busy) to the engine and to the
+   static-batch server, same arrival times. Tokens/s over the makespan (first arrival to last
+   finish), and mean latency (arrival to last token).
 3. KV capacity (`kv_capacity.py`, no model): sequences running at once at a fixed KV budget,
    2048 max_tokens but 64 actual output tokens, paged vs worst-case reservation."""
 
@@ -50,21 +54,56 @@ class EngineBenchOptions:
     cuda_graphs: bool = True
     batch_invariant: bool = False
     baseline: bool = True  # measure transformers generate side by side
-    poisson_requests: int = 32  # 0: skip the Poisson comparison
+    poisson_requests: int = 48  # 0: skip the Poisson comparison
     poisson_rate: float = 0.0
     kv_budget_tokens: int = 65536
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measured run: new tokens, wall seconds, process CPU seconds."""
+
+    num_tokens: int
+    wall_s: float
+    cpu_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.num_tokens / self.wall_s
+
+    @property
+    def cpu_rate(self) -> float:
+        return self.num_tokens / max(self.cpu_s, 1e-9)
 
 
 @dataclass
 class EngineBenchResult:
     device: str
-    engine: dict[int, float] = field(default_factory=dict)  # concurrency -> whole-run tokens/s (median)
-    generate: dict[int, float] = field(default_factory=dict)
+    engine_runs: dict[int, list[Run]] = field(default_factory=dict)  # concurrency -> runs, in order
+    generate_runs: dict[int, list[Run]] = field(default_factory=dict)  # paired with engine_runs
     poisson: dict = field(default_factory=dict)
     kv: KvCapacity | None = None
 
+    @property
+    def engine(self) -> dict[int, float]:
+        """Concurrency -> median whole-run tokens/s."""
+        return {c: statistics.median(r.rate for r in runs) for c, runs in self.engine_runs.items()}
+
+    @property
+    def generate(self) -> dict[int, float]:
+        return {c: statistics.median(r.rate for r in runs) for c, runs in self.generate_runs.items()}
+
+    def ratios(self, cpu: bool = False) -> dict[int, float]:
+        """Concurrency -> median of the paired engine / generate ratios (wall or CPU clock)."""
+        pick = (lambda r: r.cpu_rate) if cpu else (lambda r: r.rate)
+        return {c: statistics.median(pick(e) / pick(g) for e, g in zip(runs, self.generate_runs[c]))
+                for c, runs in self.engine_runs.items() if self.generate_runs.get(c)}
+
     def as_dict(self) -> dict:
         return {"device": self.device, "engine_tokens_per_s": self.engine, "generate_tokens_per_s": self.generate,
+                "engine_over_generate": self.ratios(), "engine_over_generate_cpu": self.ratios(cpu=True),
+                "engine_runs": {c: [asdict(r) for r in v] for c, v in self.engine_runs.items()},
+                "generate_runs": {c: [asdict(r) for r in v] for c, v in self.generate_runs.items()},
                 "poisson": self.poisson, "kv_capacity": asdict(self.kv) if self.kv else None}
 
 
@@ -115,19 +154,20 @@ def submit(core, prompt: list[int], max_tokens: int) -> _Tracker:
     return tracker
 
 
-def engine_rate(core, prompts: list[list[int]], max_tokens: int) -> float:
-    """Whole-run tokens/s of the engine with every prompt submitted at once."""
-    started = time.perf_counter()
+def engine_run(core, prompts: list[list[int]], max_tokens: int) -> Run:
+    """The engine with every prompt submitted at once."""
+    started, cpu = time.perf_counter(), time.process_time()
     trackers = [submit(core, p, max_tokens) for p in prompts]
     for tracker in trackers:
         tracker.wait()
-    return sum(len(t.token_ids) for t in trackers) / (max(t.finished_s for t in trackers) - started)
+    return Run(sum(len(t.token_ids) for t in trackers), max(t.finished_s for t in trackers) - started,
+               time.process_time() - cpu)
 
 
-def generate_rate(model, prompts: list[list[int]], max_tokens: int, pad_id: int) -> float:
-    started = time.perf_counter()
+def generate_run(model, prompts: list[list[int]], max_tokens: int, pad_id: int) -> Run:
+    started, cpu = time.perf_counter(), time.process_time()
     num_tokens = generate_batch(model, prompts, max_tokens, pad_id)
-    return num_tokens / (time.perf_counter() - started)
+    return Run(num_tokens, time.perf_counter() - started, time.process_time() - cpu)
 
 
 def engine_poisson(core, prompts: list[list[int]], arrivals: list[float], max_tokens: int) -> tuple[float, list[float]]:
@@ -140,10 +180,6 @@ def engine_poisson(core, prompts: list[list[int]], arrivals: list[float], max_to
     for tracker in trackers:
         tracker.wait()
     return max(t.finished_s for t in trackers) - start, [t.finished_s - start - at for t, at in zip(trackers, arrivals)]
-
-
-def _median(samples: list[float]) -> float:
-    return statistics.median(samples)
 
 
 def load_core(opts: EngineBenchOptions):
@@ -178,18 +214,15 @@ def run_engine_bench(opts: EngineBenchOptions) -> EngineBenchResult:
                                f"{torch.get_num_threads()} torch threads")
     try:
         top = prompts[: max(opts.concurrency)]
-        engine_rate(core, top, opts.max_tokens)  # warm-up: allocator, kernels, CUDA graphs
+        engine_run(core, top, opts.max_tokens)  # warm-up: allocator, kernels, CUDA graphs
         if reference is not None:
-            generate_rate(reference, top, opts.max_tokens, pad_id)
-        samples: dict[str, dict[int, list[float]]] = {"engine": {}, "generate": {}}
+            generate_run(reference, top, opts.max_tokens, pad_id)
         for _ in range(opts.repeats):
             for c in opts.concurrency:
-                samples["engine"].setdefault(c, []).append(engine_rate(core, prompts[:c], opts.max_tokens))
+                result.engine_runs.setdefault(c, []).append(engine_run(core, prompts[:c], opts.max_tokens))
                 if reference is not None:
-                    samples["generate"].setdefault(c, []).append(
-                        generate_rate(reference, prompts[:c], opts.max_tokens, pad_id))
-        result.engine = {c: _median(v) for c, v in samples["engine"].items()}
-        result.generate = {c: _median(v) for c, v in samples["generate"].items()}
+                    result.generate_runs.setdefault(c, []).append(
+                        generate_run(reference, prompts[:c], opts.max_tokens, pad_id))
         if opts.poisson_requests and reference is not None:
             result.poisson = _poisson(core, reference, prompts[: opts.poisson_requests], opts, pad_id, result)
     finally:
@@ -200,7 +233,7 @@ def run_engine_bench(opts: EngineBenchOptions) -> EngineBenchResult:
 
 def _poisson(core, reference, prompts, opts: EngineBenchOptions, pad_id: int, result: EngineBenchResult) -> dict:
     top = max(opts.concurrency)
-    rate = opts.poisson_rate or 0.8 * result.engine[top] / opts.max_tokens
+    rate = opts.poisson_rate or result.engine[top] / opts.max_tokens
     arrivals = poisson_arrivals(len(prompts), rate)
     num_tokens = len(prompts) * opts.max_tokens
     engine_s, engine_lat = engine_poisson(core, prompts, arrivals, opts.max_tokens)
@@ -215,12 +248,14 @@ def format_table(result: EngineBenchResult, opts: EngineBenchOptions) -> str:
     lines = [f"engine vs transformers generate: {opts.checkpoint.name}, {result.device}",
              f"~{opts.prompt_tokens}-token prompts, {opts.max_tokens} greedy tokens each, whole-run tokens/s "
              f"(prefill included), median of {opts.repeats}, engine and generate alternating", "",
-             f"| concurrency | engine tokens/s | generate tokens/s | engine / generate | engine vs concurrency {base_c} |",
-             "|---:|---:|---:|---:|---:|"]
-    for c, rate in result.engine.items():
-        gen = result.generate.get(c)
-        lines.append(f"| {c} | {rate:.1f} | {gen or float('nan'):.1f} | "
-                     f"{rate / gen if gen else float('nan'):.2f}x | {rate / result.engine[base_c]:.2f}x |")
+             f"| concurrency | engine tokens/s | generate tokens/s | engine / generate | same, CPU clock | "
+             f"engine vs concurrency {base_c} | same, CPU clock |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    engine, generate, ratios, cpu_ratios = result.engine, result.generate, result.ratios(), result.ratios(cpu=True)
+    cpu = {c: statistics.median(r.cpu_rate for r in runs) for c, runs in result.engine_runs.items()}
+    nan = float("nan")
+    for c, rate in engine.items():
+        lines.append(f"| {c} | {rate:.1f} | {generate.get(c, nan):.1f} | {ratios.get(c, nan):.2f}x | "
+                     f"{cpu_ratios.get(c, nan):.2f}x | {rate / engine[base_c]:.2f}x | {cpu[c] / cpu[base_c]:.2f}x |")
     if result.poisson:
         p = result.poisson
         lines += ["", f"Poisson arrivals: {p['num_requests']} requests at {p['rate_per_s']:.2f}/s; engine "

@@ -1,0 +1,29 @@
+"""The engine's mode and geometry flags reach the config: `--batch-invariant` on the language
+service, on `stack.monolithic` (through the launcher) and on `dvd serve`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from language_service.__main__ import parse_config
+from stack.launcher import LocalStack, StackOptions
+from tools.cli import build_parser
+
+
+def test_language_service_flags():
+    cfg = parse_config(["--model", "m", "--batch-invariant", "--kv-block-size", "32", "--no-cuda-graphs"])
+    assert cfg.batch_invariant and cfg.kv_block_size == 32 and not cfg.cuda_graphs
+    default = parse_config(["--model", "m"])
+    assert not default.batch_invariant and default.cuda_graphs and default.kv_block_size == 0
+
+
+def test_dvd_serve_threads_batch_invariant_to_every_language_process(monkeypatch):
+    args = build_parser().parse_args(["serve", "--batch-invariant"])
+    assert args.batch_invariant
+    spawned = []
+    for monolithic in (False, True):
+        stack = LocalStack(StackOptions(checkpoint=Path("ckpt"), monolithic=monolithic, batch_invariant=True))
+        monkeypatch.setattr(stack, "_spawn", lambda name, module, argv, *_: spawned.append((module, argv)))
+        stack._start_pools()
+    assert {m for m, argv in spawned if "--batch-invariant" in argv} == {"language_service", "stack.monolithic"}
+    assert all("--batch-invariant" not in argv for m, argv in spawned if m == "vision_service")
