@@ -118,7 +118,7 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
-    logprobs: bool = False
+    logprobs: bool | None = None  # null as false, as OpenAI takes it
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     # dvd-serve extensions
     vir: Literal["auto", "off", "max"] | None = None
@@ -137,7 +137,7 @@ class ChatCompletionRequest(BaseModel):
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
             top_k=self.top_k or 0, seed=self.seed, stop=stop, ignore_eos=self.ignore_eos,
-            guided=self._guided(), logprobs=self.logprobs, top_logprobs=self.top_logprobs or 0,
+            guided=self._guided(), logprobs=bool(self.logprobs), top_logprobs=self.top_logprobs or 0,
         )
         return ChatRequest(
             messages=tuple(_turn(m) for m in self.messages), sampling=sampling, model=self.model,

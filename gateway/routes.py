@@ -61,9 +61,9 @@ def create_app(pipeline: Pipeline) -> FastAPI:
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             first = await anext(deltas)  # errors before the first token still get a proper status code
-            return StreamingResponse(_sse(request_id, model, first, deltas, include_usage, body.logprobs),
+            return StreamingResponse(_sse(request_id, model, first, deltas, include_usage, bool(body.logprobs)),
                                      media_type="text/event-stream")
-        return await _complete(request_id, model, deltas, body.logprobs)
+        return await _complete(request_id, model, deltas, bool(body.logprobs))
 
     return app
 
