@@ -10,12 +10,16 @@ from dvd.types import (
     Delta,
     EmbeddingRef,
     FinishReason,
+    GuidedDecoding,
+    GuideKind,
     ImagePart,
+    Logprob,
     Message,
     SamplingParams,
     StageTimings,
     TextPart,
     TilingOptions,
+    TokenLogprobs,
     Usage,
     VideoPart,
     VirMode,
@@ -147,7 +151,33 @@ def sampling_from_pb(pb: common_pb2.SamplingParams) -> SamplingParams:
         stop=tuple(pb.stop),
         stop_token_ids=tuple(pb.stop_token_ids),
         ignore_eos=pb.ignore_eos,
+        guided=guided_from_pb(pb.guided) if pb.HasField("guided") else None,
+        logprobs=pb.logprobs,
+        top_logprobs=pb.top_logprobs,
     )
+
+
+def guided_from_pb(pb: common_pb2.GuidedDecoding) -> GuidedDecoding:
+    kind = pb.WhichOneof("guide")
+    if kind is None:
+        raise InvalidRequest("GuidedDecoding sets none of json_object, json_schema, regex, choice")
+    if kind == "json_schema":
+        return GuidedDecoding(GuideKind.JSON_SCHEMA, schema=pb.json_schema.schema, strict=pb.json_schema.strict)
+    if kind == "regex":
+        return GuidedDecoding(GuideKind.REGEX, regex=pb.regex)
+    if kind == "choice":
+        return GuidedDecoding(GuideKind.CHOICE, choices=tuple(pb.choice.choices))
+    return GuidedDecoding(GuideKind.JSON_OBJECT)
+
+
+def guided_to_pb(g: GuidedDecoding) -> common_pb2.GuidedDecoding:
+    if g.kind is GuideKind.JSON_SCHEMA:
+        return common_pb2.GuidedDecoding(json_schema=common_pb2.JsonSchema(schema=g.schema, strict=g.strict))
+    if g.kind is GuideKind.REGEX:
+        return common_pb2.GuidedDecoding(regex=g.regex)
+    if g.kind is GuideKind.CHOICE:
+        return common_pb2.GuidedDecoding(choice=common_pb2.Choices(choices=list(g.choices)))
+    return common_pb2.GuidedDecoding(json_object=True)
 
 
 def sampling_to_pb(s: SamplingParams) -> common_pb2.SamplingParams:
@@ -159,10 +189,31 @@ def sampling_to_pb(s: SamplingParams) -> common_pb2.SamplingParams:
         stop=list(s.stop),
         stop_token_ids=list(s.stop_token_ids),
         ignore_eos=s.ignore_eos,
+        logprobs=s.logprobs,
+        top_logprobs=s.top_logprobs,
     )
     if s.seed is not None:
         pb.seed = s.seed
+    if s.guided is not None:
+        pb.guided.CopyFrom(guided_to_pb(s.guided))
     return pb
+
+
+def _logprob_to_pb(lp: Logprob) -> common_pb2.Logprob:
+    return common_pb2.Logprob(token_id=lp.token_id, token=lp.token, token_bytes=lp.token_bytes, logprob=lp.logprob)
+
+
+def _logprob_from_pb(pb: common_pb2.Logprob) -> Logprob:
+    return Logprob(pb.token_id, pb.token, pb.token_bytes, pb.logprob)
+
+
+def logprobs_to_pb(entries: list[TokenLogprobs]) -> list[common_pb2.TokenLogprobs]:
+    return [common_pb2.TokenLogprobs(chosen=_logprob_to_pb(e.chosen), top=[_logprob_to_pb(t) for t in e.top])
+            for e in entries]
+
+
+def logprobs_from_pb(pbs) -> list[TokenLogprobs]:
+    return [TokenLogprobs(_logprob_from_pb(e.chosen), tuple(_logprob_from_pb(t) for t in e.top)) for e in pbs]
 
 
 def timings_to_pb(t: StageTimings) -> common_pb2.StageTimings:
@@ -214,7 +265,8 @@ def messages_from_pb(pbs) -> list[Message]:
 
 
 def delta_to_pb(request_id: str, d: Delta) -> language_pb2.GenerateResponse:
-    pb = language_pb2.GenerateResponse(request_id=request_id, token_ids=d.token_ids, text=d.text)
+    pb = language_pb2.GenerateResponse(request_id=request_id, token_ids=d.token_ids, text=d.text,
+                                       logprobs=logprobs_to_pb(d.logprobs))
     if d.finish_reason is not None:
         pb.finish_reason = FINISH_TO_PB[d.finish_reason]
     if d.usage is not None:
@@ -230,6 +282,7 @@ def delta_from_pb(pb) -> Delta:
     return Delta(
         token_ids=list(pb.token_ids),
         text=pb.text,
+        logprobs=logprobs_from_pb(pb.logprobs),
         finish_reason=FINISH_FROM_PB[pb.finish_reason] if final else None,
         usage=usage_from_pb(pb.usage) if final else None,
         timings=timings_from_pb(pb.timings) if final else None,

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 from dvd.errors import InvalidRequest
@@ -100,9 +102,54 @@ class TilingOptions:
     use_thumbnail: bool | None = None
 
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit on top_logprobs
+
+
+class GuideKind(enum.Enum):
+    """What a guided (constrained) generation must produce."""
+
+    JSON_OBJECT = "json_object"  # any JSON object
+    JSON_SCHEMA = "json_schema"  # JSON valid against `schema`
+    REGEX = "regex"  # text the regular expression matches in full
+    CHOICE = "choice"  # exactly one of `choices`
+
+
+@dataclass(frozen=True)
+class GuidedDecoding:
+    """A grammar the output must follow (OpenAI `response_format`, vLLM `guided_choice` /
+    `guided_regex`). `schema` is the JSON text of a JSON Schema; `strict` as in OpenAI's
+    json_schema (no properties or items beyond the schema's)."""
+
+    kind: GuideKind
+    schema: str = ""
+    strict: bool = True
+    regex: str = ""
+    choices: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind is GuideKind.JSON_SCHEMA:
+            try:
+                parsed = json.loads(self.schema)
+            except ValueError as exc:
+                raise InvalidRequest(f"json_schema.schema is not valid JSON: {exc}", param="response_format") from exc
+            if not isinstance(parsed, dict):
+                raise InvalidRequest("json_schema.schema must be a JSON object", param="response_format")
+        if self.kind is GuideKind.REGEX and not self.regex:
+            raise InvalidRequest("guided_regex must not be empty", param="guided_regex")
+        if self.kind is GuideKind.CHOICE and (not self.choices or any(not c for c in self.choices)):
+            raise InvalidRequest("guided_choice takes a non-empty list of non-empty strings", param="guided_choice")
+
+    def cache_key(self) -> str:
+        """Hash of everything that decides the grammar: equal keys compile to the same grammar."""
+        text = json.dumps([self.kind.value, self.schema, self.strict, self.regex, list(self.choices)])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens. temperature == 0 is greedy. max_tokens None: the service default."""
+    """How to pick tokens. temperature == 0 is greedy. max_tokens None: the service default.
+    `guided` constrains the output to a grammar; `logprobs` reports each token's log
+    probability and, with `top_logprobs` k, the k most likely alternatives."""
 
     max_tokens: int | None = None
     temperature: float = 0.0
@@ -112,8 +159,16 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    guided: GuidedDecoding | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequest(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}",
+                                 param="top_logprobs")
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise InvalidRequest(f"max_tokens must be >= 1, got {self.max_tokens}")
         if not 0.0 <= self.temperature <= 100.0:
@@ -180,12 +235,33 @@ class Message:
     parts: tuple[TextPart | ImagePart | VideoPart, ...]
 
 
+@dataclass(frozen=True)
+class Logprob:
+    """One token and its log probability; `token_bytes` are its UTF-8 bytes (a token can hold
+    part of a character, then `token` shows U+FFFD where the bytes do not decode)."""
+
+    token_id: int
+    token: str
+    token_bytes: bytes
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """The sampled token's log probability and the `top_logprobs` most likely tokens at its position."""
+
+    chosen: Logprob
+    top: tuple[Logprob, ...] = ()
+
+
 @dataclass
 class Delta:
-    """A piece of a streamed generation. The final one has finish_reason, usage, timings."""
+    """A piece of a streamed generation. The final one has finish_reason, usage, timings.
+    `logprobs`, when requested, has one entry per token id, in order."""
 
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     timings: StageTimings | None = None

@@ -72,7 +72,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 pb = convert.delta_to_pb(req.request_id, delta)
                 yield gateway_pb2.ChatResponse(
                     request_id=req.request_id, text=pb.text, token_ids=pb.token_ids, finish_reason=pb.finish_reason,
-                    usage=pb.usage, timings=pb.timings, cached_images=delta.cached_images,
+                    usage=pb.usage, timings=pb.timings, cached_images=delta.cached_images, logprobs=pb.logprobs,
                 )
 
     async def ListModels(self, request, context):

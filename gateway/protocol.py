@@ -1,15 +1,27 @@
-"""OpenAI chat-completions wire models (the subset dvd-serve serves, plus extensions: `vir` and
-`vir_thresholds` (InternVL3.5-Flash router), the tiling limits, `ignore_eos`, and `video_url`
-content parts) and their conversion to the pipeline's `ChatRequest`."""
+"""OpenAI chat-completions wire models (the subset dvd-serve serves, `response_format` and
+`logprobs`/`top_logprobs` included, plus extensions: `vir` and `vir_thresholds`
+(InternVL3.5-Flash router), the tiling limits, `ignore_eos`, vLLM's `guided_choice` and
+`guided_regex`, and `video_url` content parts) and their conversion to the pipeline's `ChatRequest`."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from dvd.errors import InvalidRequest
-from dvd.types import Codec, SamplingParams, TextPart, TilingOptions, VirMode, VirOptions
+from dvd.types import (
+    MAX_TOP_LOGPROBS,
+    Codec,
+    GuidedDecoding,
+    GuideKind,
+    SamplingParams,
+    TextPart,
+    TilingOptions,
+    VirMode,
+    VirOptions,
+)
 from gateway.images import ImageSource
 from gateway.requests import ChatRequest, ChatTurn
 from gateway.video import VideoSource
@@ -60,6 +72,33 @@ class ChatMessageIn(BaseModel):
     content: str | list[Content] | None = None
 
 
+class JsonSchemaSpec(BaseModel):
+    """OpenAI's `response_format.json_schema`; without `schema`, any JSON object."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class TextFormat(BaseModel):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(BaseModel):
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(BaseModel):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
@@ -84,6 +123,9 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None  # null as false, as OpenAI takes it
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     # dvd-serve extensions
     vir: Literal["auto", "off", "max"] | None = None
     vir_thresholds: VirThresholds | None = None
@@ -103,6 +145,8 @@ class ChatCompletionRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    guided_choice: list[str] | None = Field(default=None, min_length=1)  # as in vLLM: exactly one of these
+    guided_regex: str | None = None  # as in vLLM: text the regular expression matches in full
 
     @field_validator("tools", "tool_choice", "functions", "function_call", "audio", "prediction",
                      "web_search_options", "modalities", "logit_bias", "presence_penalty", "frequency_penalty")
@@ -119,6 +163,7 @@ class ChatCompletionRequest(BaseModel):
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
             top_k=self.top_k or 0, seed=self.seed, stop=stop, ignore_eos=self.ignore_eos,
+            guided=self._guided(), logprobs=bool(self.logprobs), top_logprobs=self.top_logprobs or 0,
         )
         return ChatRequest(
             messages=tuple(_turn(m) for m in self.messages), sampling=sampling, model=self.model,
@@ -127,6 +172,24 @@ class ChatCompletionRequest(BaseModel):
             tenant=tenant,
             timeout_s=timeout_s,
         )
+
+    def _guided(self) -> GuidedDecoding | None:
+        """The one grammar the body asks for: response_format (json), guided_choice or guided_regex."""
+        guides = []
+        fmt = self.response_format
+        if isinstance(fmt, JsonSchemaFormat) and fmt.json_schema.schema_ is not None:
+            guides.append(GuidedDecoding(GuideKind.JSON_SCHEMA, schema=json.dumps(fmt.json_schema.schema_),
+                                         strict=bool(fmt.json_schema.strict)))
+        elif isinstance(fmt, JsonSchemaFormat | JsonObjectFormat):
+            guides.append(GuidedDecoding(GuideKind.JSON_OBJECT))
+        if self.guided_choice is not None:
+            guides.append(GuidedDecoding(GuideKind.CHOICE, choices=tuple(self.guided_choice)))
+        if self.guided_regex is not None:
+            guides.append(GuidedDecoding(GuideKind.REGEX, regex=self.guided_regex))
+        if len(guides) > 1:
+            raise InvalidRequest("response_format (json), guided_choice and guided_regex exclude each other: send one",
+                                 param="response_format")
+        return guides[0] if guides else None
 
     def _vir(self) -> VirOptions:
         thresholds = self.vir_thresholds or VirThresholds()

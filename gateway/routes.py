@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dvd.errors import DvdError, Internal, InvalidRequest, ResourceExhausted, kind_of
 from dvd.identity import new_request_id
-from dvd.types import Delta, StageTimings, Usage
+from dvd.types import Delta, Logprob, StageTimings, TokenLogprobs, Usage
 from gateway.auth import Authenticator
 from gateway.pipeline import Pipeline
 from gateway.protocol import ERROR_RESPONSES, ChatCompletionRequest, error_body
@@ -91,9 +91,9 @@ def create_app(pipeline: Pipeline) -> FastAPI:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             # errors before the first token still get a proper status code; a client gone by then cancels
             first = await _unless_disconnected(request, anext(deltas), deltas)
-            return StreamingResponse(_sse(request_id, model, first, deltas, include_usage),
+            return StreamingResponse(_sse(request_id, model, first, deltas, include_usage, bool(body.logprobs)),
                                      media_type="text/event-stream")
-        return await _unless_disconnected(request, _complete(request_id, model, deltas), deltas)
+        return await _unless_disconnected(request, _complete(request_id, model, deltas, bool(body.logprobs)), deltas)
 
     return app
 
@@ -137,26 +137,32 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _complete(request_id: str, model: str, deltas: AsyncIterator[Delta]) -> dict:
-    text, final = [], None
+async def _complete(request_id: str, model: str, deltas: AsyncIterator[Delta], logprobs: bool) -> dict:
+    text, entries, final = [], [], None
     async for delta in deltas:
         text.append(delta.text)
+        entries += delta.logprobs
         final = delta
     message = {"role": "assistant", "content": "".join(text)}
+    choice = {"index": 0, "message": message, "finish_reason": final.finish_reason.value,
+              "logprobs": _logprobs(entries) if logprobs else None}
     return {
         "id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": final.finish_reason.value, "logprobs": None}],
+        "choices": [choice],
         "usage": _usage(final.usage), "dvd": _dvd_extension(final),
     }
 
 
-async def _sse(request_id: str, model: str, first: Delta, rest: AsyncIterator[Delta], include_usage: bool):
+async def _sse(request_id: str, model: str, first: Delta, rest: AsyncIterator[Delta], include_usage: bool,
+               logprobs: bool):
     created = int(time.time())
 
     def chunk(delta: dict, finish: str | None, usage: Usage | None = None, choices: bool = True,
-              extension: dict | None = None) -> str:
+              extension: dict | None = None, entries: list[TokenLogprobs] | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish,
+                  "logprobs": _logprobs(entries) if logprobs and entries else None}
         body = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if choices else []}
+                "choices": [choice] if choices else []}
         if usage is not None:
             body["usage"] = _usage(usage)
         if extension is not None:
@@ -165,18 +171,19 @@ async def _sse(request_id: str, model: str, first: Delta, rest: AsyncIterator[De
 
     yield chunk({"role": "assistant", "content": ""}, None)
     async with contextlib.aclosing(rest):
-        async for event in _events(chunk, first, rest, include_usage, request_id):
+        async for event in _events(chunk, first, rest, include_usage, request_id, logprobs):
             yield event
 
 
-async def _events(chunk, first: Delta, rest: AsyncIterator[Delta], include_usage: bool, request_id: str):
+async def _events(chunk, first: Delta, rest: AsyncIterator[Delta], include_usage: bool, request_id: str,
+                  logprobs: bool):
     delta = first
     try:
         while True:
             finish = delta.finish_reason.value if delta.finish_reason else None
-            if delta.text or finish:
+            if delta.text or finish or (logprobs and delta.logprobs):
                 yield chunk({"content": delta.text} if delta.text else {}, finish,
-                            extension=_dvd_extension(delta) if finish else None)
+                            extension=_dvd_extension(delta) if finish else None, entries=delta.logprobs)
             if finish:
                 if include_usage:
                     yield chunk({}, None, delta.usage, choices=False)
@@ -190,6 +197,16 @@ async def _events(chunk, first: Delta, rest: AsyncIterator[Delta], include_usage
         err = Internal(str(exc))
         yield f"data: {json.dumps(error_body(err.message, kind_of(err).openai_type, 500))}\n\n"
     yield "data: [DONE]\n\n"
+
+
+def _logprobs(entries: list[TokenLogprobs]) -> dict:
+    """OpenAI's choices[].logprobs: one content entry per generated token."""
+    return {"content": [{**_logprob(e.chosen), "top_logprobs": [_logprob(t) for t in e.top]} for e in entries],
+            "refusal": None}
+
+
+def _logprob(lp: Logprob) -> dict:
+    return {"token": lp.token, "logprob": lp.logprob, "bytes": list(lp.token_bytes)}
 
 
 def _dvd_extension(final: Delta) -> dict:

@@ -23,6 +23,9 @@ from dvd.store import MemoryStore
 from dvd.types import Delta, EmbeddingRef, Message, SamplingParams
 from language_service.detokenizer import IncrementalDetokenizer
 from language_service.engine.build import build_engine
+from language_service.engine.grammars import GrammarCompiler
+from language_service.engine.guided import GuideState
+from language_service.engine.logprobs import LogprobBuffer, TokenVocab
 from language_service.engine.metrics import EngineMetrics
 from language_service.engine.sequence import Sequence
 from language_service.fetch import EmbeddingFetcher
@@ -59,7 +62,11 @@ class LanguageCore:
         self.hidden_size = int(model.config.hidden_size)
         self.max_model_len = min(self.cfg.max_model_len, int(model.config.max_position_embeddings))
         self.device_desc = describe(device, dtype)
-        engine = build_engine(self.cfg, model, self.prompts.context_id, self.attn_implementation, self._eos_ids(),
+        eos_ids = self._eos_ids()
+        vocab_size = int(model.get_output_embeddings().weight.shape[0])  # the logits' width, padding included
+        self.grammars = GrammarCompiler(self.tokenizer, vocab_size, eos_ids)
+        self.vocab = TokenVocab(self.grammars.token_bytes)
+        engine = build_engine(self.cfg, model, self.prompts.context_id, self.attn_implementation, eos_ids,
                               self.max_model_len)
         runner = engine.runner
         engine.submit(self._warmup_sequence())  # prefill + decode once before the first request
@@ -91,6 +98,7 @@ class LanguageCore:
         if room < 1:
             raise InvalidRequest(f"prompt is {len(prompt.token_ids)} tokens; this model takes at most "
                                  f"{self.max_model_len - 1} (fewer images or tiles, or a shorter history)")
+        guide = await self._guide(sampling)  # before admission: a bad schema is a 400, not an engine error
         features, transfer_ns = await self.fetcher.fetch_all(refs, request_id, deadline)
         ordered = [features[i] for i in prompt.image_order]  # each [n_i, hidden]
         loop = asyncio.get_running_loop()
@@ -102,6 +110,8 @@ class LanguageCore:
             detokenizer=IncrementalDetokenizer(self.tokenizer), emit=_emitter(loop, queue),
             num_image_tokens=prompt.num_image_tokens, transfer_ns=transfer_ns,
             generator=torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else random.getrandbits(63)),
+            guide=guide,
+            logprob_buffer=LogprobBuffer(self.vocab, sampling.top_logprobs) if sampling.logprobs else None,
         )
         self.engine.submit(seq)
         finished = False
@@ -115,6 +125,13 @@ class LanguageCore:
         finally:
             if not finished:  # the client went away: free the slot at the next step
                 self.engine.abort(request_id)
+
+    async def _guide(self, sampling: SamplingParams) -> GuideState | None:
+        """The request's grammar matcher; compiling (or the cache) runs off the event loop and
+        off the engine thread."""
+        if sampling.guided is None:
+            return None
+        return await asyncio.to_thread(self.grammars.guide, sampling.guided)
 
     def abort(self, request_id: str) -> bool:
         return self.engine is not None and self.engine.abort(request_id)

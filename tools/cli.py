@@ -15,6 +15,8 @@ from stack.launcher import LocalStack, StackOptions
 from stack.supervisor import RestartPolicy, Supervisor
 from tools.bench import commands as bench_commands
 from tools.bench import fault_commands, transport
+from tools.bench import guided as bench_guided
+from tools.bench import guided_mask as bench_guided_mask
 from tools.bench import vir as bench_vir
 from tools.bench import vit as bench_vit
 from tools.checkpoint import PRESETS, ensure_checkpoint, make_checkpoint
@@ -147,6 +149,8 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     transport.register(kinds)
     bench_vir.register(kinds)
     bench_vit.register(kinds)
+    bench_guided_mask.register(kinds)
+    bench_guided.register(kinds)
     bench_commands.register_bench(kinds)
     fault_commands.register(kinds)
 

@@ -8,5 +8,8 @@
   layers, over a paged KV cache allocated once; batch-invariant mode trades speed for bit-exact
   solo == batched outputs.
 - `sampler.py`, `stops.py`: batched per-request sampling and stop strings; `metrics.py`: Prometheus.
+- `grammars.py` (compiling, off the engine thread, cached), `guided.py` (per-row grammar masks
+  applied to the logits before `sample`, matchers advanced in postprocess), `logprobs.py`:
+  structured outputs and logprobs.
 
 `Sequence` objects (grouped in a `Batch`) are the only thing passed between scheduler and runner."""

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from dvd.errors import DvdError, Internal, ResourceExhausted
 from dvd.types import Delta, FinishReason
+from language_service.engine import guided
 from language_service.engine.metrics import EngineMetrics
 from language_service.engine.runner import ModelRunner
 from language_service.engine.scheduler import Batch, Scheduler
@@ -107,13 +108,15 @@ class Engine:
     def _append(self, seq: Sequence, token_id: int) -> None:
         seq.output_ids.append(token_id)
         reason = self._finish_reason(seq, token_id)
+        if guided.advance(seq, token_id) and reason is None:  # the grammar is complete
+            reason = FinishReason.STOP
         text, stopped = "", False
         if not (reason is not None and token_id in self._stop_ids(seq)):
             text, stopped = seq.stops.feed(seq.detokenizer.add(token_id))
         if stopped:
             reason = FinishReason.STOP
         if reason is None:
-            seq.emit(Delta(token_ids=[token_id], text=text))
+            seq.emit(Delta(token_ids=[token_id], text=text, logprobs=seq.take_logprobs()))
             return
         with self._lock:
             self._finish(seq, reason, [token_id], text, flush=not stopped)
@@ -138,7 +141,8 @@ class Engine:
         self.scheduler.finish(seq)
         self.metrics.record_finish(reason)
         seq.emit(Delta(token_ids=token_ids or [], text=text, finish_reason=reason, usage=seq.usage(),
-                       timings=seq.timings(time.perf_counter_ns())))
+                       timings=seq.timings(time.perf_counter_ns()),
+                       logprobs=seq.take_logprobs() if token_ids else []))
 
     def _publish_load(self) -> None:
         s = self.scheduler

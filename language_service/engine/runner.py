@@ -24,7 +24,7 @@ from language_service.engine.cuda_graphs import DecodeGraphs
 from language_service.engine.forward import DecoderForward
 from language_service.engine.kv_cache import PagedKVCache
 from language_service.engine.plans import ForwardInputs, Planner
-from language_service.engine.sampler import SamplingBatch, sample
+from language_service.engine.sampler import sample_sequences
 from language_service.engine.scheduler import Batch, PrefillChunk
 from language_service.engine.sequence import Sequence
 
@@ -72,7 +72,7 @@ class ModelRunner:
             else:
                 logits = self._prefill_packed(batch.prefill)
             if samplers:
-                sampled += zip(samplers, sample(logits, SamplingBatch.of(samplers)))
+                sampled += zip(samplers, sample_sequences(logits, samplers))
         return sampled
 
     def _sampled(self, seqs: list[Sequence], logits: torch.Tensor) -> list[tuple[Sequence, int]]:
@@ -80,7 +80,7 @@ class ModelRunner:
         keep = [i for i, s in enumerate(seqs) if s.samples_next]
         if len(keep) < len(seqs):
             logits, seqs = logits[keep], [seqs[i] for i in keep]
-        return list(zip(seqs, sample(logits, SamplingBatch.of(seqs)))) if seqs else []
+        return list(zip(seqs, sample_sequences(logits, seqs))) if seqs else []
 
     def _decode(self, seqs: list[Sequence]) -> torch.Tensor:
         """The next token of every sequence in one forward; returns logits [len(seqs), vocab]."""

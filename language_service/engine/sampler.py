@@ -3,8 +3,11 @@
 Greedy rows take the argmax; sampled rows go temperature -> top-k -> top-p -> multinomial with
 each sequence's own seeded generator (so a seed reproduces a sample run to run, alone or in a
 batch). Every step is a batched tensor op with per-row parameters; only the random draw loops,
-over the sampled rows, because each row owns its generator. A per-row constraint (a grammar's
-allowed tokens) is a `[B, vocab]` mask applied to `logits` before `sample`."""
+over the sampled rows, because each row owns its generator.
+
+`sample_sequences` is what the runner calls: guided rows are masked to their grammar first
+(`guided.py`), `sample` picks, and the logprobs that were asked for are read from the masked
+logits, before temperature (`logprobs.py`)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from language_service.engine import guided, logprobs
 from language_service.engine.sequence import Sequence
 
 
@@ -30,6 +34,15 @@ class SamplingBatch:
         p = [s.sampling for s in seqs]
         return cls([x.greedy for x in p], [x.temperature for x in p], [x.top_k for x in p], [x.top_p for x in p],
                    [s.generator for s in seqs])
+
+
+def sample_sequences(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    """logits: [B, vocab] for the B sequences, in order -> one token id each, with each
+    sequence's grammar mask applied to its own row and its logprobs recorded when asked."""
+    logits = guided.mask_logits(logits.float(), seqs)  # [B, vocab]: only the guided rows change
+    token_ids = sample(logits, SamplingBatch.of(seqs))
+    logprobs.record(logits, seqs, token_ids)
+    return token_ids
 
 
 def sample(logits: torch.Tensor, params: SamplingBatch) -> list[int]:

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dvd.types import Delta, FinishReason, SamplingParams, StageTimings, Usage
+from dvd.types import Delta, FinishReason, SamplingParams, StageTimings, TokenLogprobs, Usage
 from language_service.detokenizer import IncrementalDetokenizer
+from language_service.engine.guided import GuideState
+from language_service.engine.logprobs import LogprobBuffer
 from language_service.engine.stops import StopStrings
 
 
@@ -53,6 +55,8 @@ class Sequence:
     scheduled_ns: int = 0
     first_token_ns: int = 0
     abort_requested: bool = False
+    guide: GuideState | None = None  # the grammar's matcher, for guided decoding
+    logprob_buffer: LogprobBuffer | None = None  # when the request asked for logprobs
 
     def __post_init__(self) -> None:
         self.stops = StopStrings(self.sampling.stop)
@@ -88,6 +92,10 @@ class Sequence:
     def token_at(self, position: int) -> int:
         n = len(self.prompt_ids)
         return self.prompt_ids[position] if position < n else self.output_ids[position - n]
+
+    def take_logprobs(self) -> list[TokenLogprobs]:
+        """The logprobs of the tokens sampled since the last delta (empty unless asked for)."""
+        return self.logprob_buffer.take() if self.logprob_buffer is not None else []
 
     def usage(self) -> Usage:
         return Usage(len(self.prompt_ids), len(self.output_ids), self.num_image_tokens)

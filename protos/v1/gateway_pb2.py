@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.v1 import common_pb2 as protos_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17protos/v1/gateway.proto\x12\x06\x64vd.v1\x1a\x16protos/v1/common.proto\"5\n\nImageInput\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"I\n\nVideoInput\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x12\x12\n\nnum_frames\x18\x03 \x01(\rB\x08\n\x06source\"s\n\x0f\x43hatContentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12#\n\x05image\x18\x02 \x01(\x0b\x32\x12.dvd.v1.ImageInputH\x00\x12#\n\x05video\x18\x03 \x01(\x0b\x32\x12.dvd.v1.VideoInputH\x00\x42\x06\n\x04part\"B\n\x08\x43hatTurn\x12\x0c\n\x04role\x18\x01 \x01(\t\x12(\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x17.dvd.v1.ChatContentPart\"\x90\x02\n\x0b\x43hatRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\"\n\x08messages\x18\x03 \x03(\x0b\x32\x10.dvd.v1.ChatTurn\x12(\n\x08sampling\x18\x04 \x01(\x0b\x32\x16.dvd.v1.SamplingParams\x12%\n\x06tiling\x18\x05 \x01(\x0b\x32\x15.dvd.v1.TilingOptions\x12\x1c\n\x03vir\x18\x06 \x01(\x0e\x32\x0f.dvd.v1.VirMode\x12-\n\x0evir_thresholds\x18\x07 \x01(\x0b\x32\x15.dvd.v1.VirThresholds\x12\x1c\n\x05\x63odec\x18\x08 \x01(\x0e\x32\r.dvd.v1.Codec\"\xcc\x01\n\x0c\x43hatResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12+\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x14.dvd.v1.FinishReason\x12\x1c\n\x05usage\x18\x05 \x01(\x0b\x32\r.dvd.v1.Usage\x12%\n\x07timings\x18\x06 \x01(\x0b\x32\x14.dvd.v1.StageTimings\x12\x15\n\rcached_images\x18\x07 \x01(\r\"\x13\n\x11ListModelsRequest\"%\n\tModelCard\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04root\x18\x02 \x01(\t\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.dvd.v1.ModelCard2\x83\x01\n\x07Gateway\x12\x33\n\x04\x43hat\x12\x13.dvd.v1.ChatRequest\x1a\x14.dvd.v1.ChatResponse0\x01\x12\x43\n\nListModels\x12\x19.dvd.v1.ListModelsRequest\x1a\x1a.dvd.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17protos/v1/gateway.proto\x12\x06\x64vd.v1\x1a\x16protos/v1/common.proto\"5\n\nImageInput\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"I\n\nVideoInput\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x12\x12\n\nnum_frames\x18\x03 \x01(\rB\x08\n\x06source\"s\n\x0f\x43hatContentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12#\n\x05image\x18\x02 \x01(\x0b\x32\x12.dvd.v1.ImageInputH\x00\x12#\n\x05video\x18\x03 \x01(\x0b\x32\x12.dvd.v1.VideoInputH\x00\x42\x06\n\x04part\"B\n\x08\x43hatTurn\x12\x0c\n\x04role\x18\x01 \x01(\t\x12(\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x17.dvd.v1.ChatContentPart\"\x90\x02\n\x0b\x43hatRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\"\n\x08messages\x18\x03 \x03(\x0b\x32\x10.dvd.v1.ChatTurn\x12(\n\x08sampling\x18\x04 \x01(\x0b\x32\x16.dvd.v1.SamplingParams\x12%\n\x06tiling\x18\x05 \x01(\x0b\x32\x15.dvd.v1.TilingOptions\x12\x1c\n\x03vir\x18\x06 \x01(\x0e\x32\x0f.dvd.v1.VirMode\x12-\n\x0evir_thresholds\x18\x07 \x01(\x0b\x32\x15.dvd.v1.VirThresholds\x12\x1c\n\x05\x63odec\x18\x08 \x01(\x0e\x32\r.dvd.v1.Codec\"\xf5\x01\n\x0c\x43hatResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12+\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x14.dvd.v1.FinishReason\x12\x1c\n\x05usage\x18\x05 \x01(\x0b\x32\r.dvd.v1.Usage\x12%\n\x07timings\x18\x06 \x01(\x0b\x32\x14.dvd.v1.StageTimings\x12\x15\n\rcached_images\x18\x07 \x01(\r\x12\'\n\x08logprobs\x18\x08 \x03(\x0b\x32\x15.dvd.v1.TokenLogprobs\"\x13\n\x11ListModelsRequest\"%\n\tModelCard\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04root\x18\x02 \x01(\t\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.dvd.v1.ModelCard2\x83\x01\n\x07Gateway\x12\x33\n\x04\x43hat\x12\x13.dvd.v1.ChatRequest\x1a\x14.dvd.v1.ChatResponse0\x01\x12\x43\n\nListModels\x12\x19.dvd.v1.ListModelsRequest\x1a\x1a.dvd.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,13 +43,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATREQUEST']._serialized_start=375
   _globals['_CHATREQUEST']._serialized_end=647
   _globals['_CHATRESPONSE']._serialized_start=650
-  _globals['_CHATRESPONSE']._serialized_end=854
-  _globals['_LISTMODELSREQUEST']._serialized_start=856
-  _globals['_LISTMODELSREQUEST']._serialized_end=875
-  _globals['_MODELCARD']._serialized_start=877
-  _globals['_MODELCARD']._serialized_end=914
-  _globals['_LISTMODELSRESPONSE']._serialized_start=916
-  _globals['_LISTMODELSRESPONSE']._serialized_end=971
-  _globals['_GATEWAY']._serialized_start=974
-  _globals['_GATEWAY']._serialized_end=1105
+  _globals['_CHATRESPONSE']._serialized_end=895
+  _globals['_LISTMODELSREQUEST']._serialized_start=897
+  _globals['_LISTMODELSREQUEST']._serialized_end=916
+  _globals['_MODELCARD']._serialized_start=918
+  _globals['_MODELCARD']._serialized_end=955
+  _globals['_LISTMODELSRESPONSE']._serialized_start=957
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1012
+  _globals['_GATEWAY']._serialized_start=1015
+  _globals['_GATEWAY']._serialized_end=1146
 # @@protoc_insertion_point(module_scope)

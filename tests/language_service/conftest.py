@@ -17,6 +17,8 @@ from dvd.types import Delta, FinishReason, SamplingParams
 from language_service.detokenizer import IncrementalDetokenizer
 from language_service.engine.build import build_engine
 from language_service.engine.engine import Engine
+from language_service.engine.grammars import GrammarCompiler
+from language_service.engine.logprobs import LogprobBuffer, TokenVocab
 from language_service.engine.metrics import EngineMetrics
 from language_service.engine.sequence import Sequence
 from language_service.model import build_language_model
@@ -40,6 +42,10 @@ class Request:
         return "".join(d.text for d in self.deltas if isinstance(d, Delta))
 
     @property
+    def logprobs(self) -> list:
+        return [lp for d in self.deltas if isinstance(d, Delta) for lp in d.logprobs]
+
+    @property
     def finish_reason(self) -> FinishReason | None:
         return self.deltas[-1].finish_reason if self.deltas else None
 
@@ -52,6 +58,15 @@ class EngineKit:
         self.model = build_language_model(checkpoint, dtype=torch.float32, device="cpu", attn_implementation="sdpa")
         self.hidden_size = int(self.model.config.hidden_size)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self._grammars: GrammarCompiler | None = None
+
+    @property
+    def grammars(self) -> GrammarCompiler:
+        """Built as LanguageCore builds it (logits width, the tokenizer's EOS), on first use."""
+        if self._grammars is None:
+            vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+            self._grammars = GrammarCompiler(self.tokenizer, vocab_size, {self.tokenizer.eos_token_id})
+        return self._grammars
 
     def engine(self, max_running_seqs: int = 16, max_waiting_seqs: int = 64, max_kv_tokens: int = 8192,
                max_prefill_tokens: int = 2048, max_model_len: int = 4096, eos: set[int] | None = None,
@@ -81,7 +96,10 @@ class EngineKit:
             request_id=request_id, prompt_ids=ids, image_features=features, sampling=sampling,
             max_tokens=max_tokens, detokenizer=IncrementalDetokenizer(self.tokenizer), emit=request.deltas.append,
             num_image_tokens=num_image_tokens,
-            generator=torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None)
+            generator=torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None,
+            guide=self.grammars.guide(sampling.guided) if sampling.guided else None,
+            logprob_buffer=LogprobBuffer(TokenVocab(self.grammars.token_bytes), sampling.top_logprobs)
+            if sampling.logprobs else None)
         return request
 
 
