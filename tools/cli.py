@@ -34,7 +34,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         checkpoint=checkpoint, host=a.host, port=a.port, grpc_port=a.grpc_port, monolithic=a.monolithic,
         vision_replicas=a.vision_replicas, language_replicas=a.language_replicas, model_name=a.model_name,
         device=a.device, dtype=a.dtype, redis_url=a.redis, log_dir=Path(a.log_dir) if a.log_dir else None,
-        threads=a.threads,
+        threads=a.threads, vision_args=_vision_args(a),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -57,6 +57,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
     finally:
         print("stopping ...", flush=True)
         stack.stop()
+
+
+def _vision_args(a: argparse.Namespace) -> list[str]:
+    """The vision replicas' own flags that `dvd serve` passes through."""
+    workers = ["--preprocess-workers", str(a.preprocess_workers)] if a.preprocess_workers else []
+    return workers + (["--fast-decode"] if a.fast_decode else [])
 
 
 def cmd_serve_ray(a: argparse.Namespace, checkpoint: Path | str) -> int:
@@ -92,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--threads", type=int, default=0,
                     help="torch threads per model process (0: torch's default, one per core each)")
     sv.add_argument("--vision-replicas", type=int, default=1)
+    sv.add_argument("--preprocess-workers", type=int, default=0,
+                    help="decode/resize/tile threads per vision replica (0: one per CPU it may use)")
+    sv.add_argument("--fast-decode", action="store_true",
+                    help="vision replicas decode large JPEGs at reduced size (faster; changes pixels)")
     sv.add_argument("--language-replicas", type=int, default=1)
     sv.add_argument("--model-name", default="internvl", help="the model id clients send")
     sv.add_argument("--device", default="auto")
