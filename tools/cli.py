@@ -15,6 +15,7 @@ from stack.launcher import LocalStack, StackOptions
 from tools.bench import commands as bench_commands
 from tools.bench import transport
 from tools.bench import vir as bench_vir
+from tools.bench import vision as bench_vision
 from tools.bench import vit as bench_vit
 from tools.checkpoint import PRESETS, ensure_checkpoint, make_checkpoint
 
@@ -137,6 +138,7 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     transport.register(kinds)
     bench_vir.register(kinds)
     bench_vit.register(kinds)
+    bench_vision.register(kinds)
     bench_commands.register_bench(kinds)
 
 
