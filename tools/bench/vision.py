@@ -61,7 +61,7 @@ class VisionBenchResult:
     stage_ms: dict[str, float] = field(default_factory=dict)
     cpu_work: stages.CpuWork | None = None
     normalise_ms: dict[str, float] = field(default_factory=dict)
-    scaling: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    scaling: stages.Scaling | None = None
     encode_tiles_per_s: float = 0.0
     encode_ms_per_request: float = 0.0
     fast_decode_ms: dict[str, float] = field(default_factory=dict)
@@ -155,12 +155,16 @@ async def _encode_end_to_end(opts: VisionBenchOptions) -> tuple[float, float]:
     return tiles / elapsed, statistics.mean(latencies) * 1000
 
 
-def _scaling_rows(result: VisionBenchResult) -> list[str]:
-    rows = []
-    for (kind, workers), rates in result.scaling.items():
-        base = statistics.median(result.scaling[(kind, min(n for k, n in result.scaling if k == kind))])
-        rate = statistics.median(rates)
-        rows.append(f"| {kind} | {workers} | {rate:.1f} | {rate / base:.2f}x | {', '.join(f'{r:.1f}' for r in rates)} |")
+def _scaling_rows(scaling: stages.Scaling) -> list[str]:
+    """The ratio to one worker is the median of each round's ratio: the rounds' neighbouring runs
+    share the machine's load at the time, which drifts a lot between rounds on a shared machine."""
+    rows, rates = [], scaling.tiles_per_s
+    for (kind, workers), values in rates.items():
+        base = rates[(kind, min(n for k, n in rates if k == kind))]
+        ratio = statistics.median(v / b for v, b in zip(values, base))
+        rate, cpu = statistics.median(values), statistics.median(scaling.cpu_per_wall[(kind, workers)])
+        rows.append(f"| {kind} | {workers} | {rate:.1f} | {ratio:.2f}x | {cpu:.2f} | "
+                    f"{', '.join(f'{r:.1f}' for r in values)} |")
     return rows
 
 
@@ -179,7 +183,8 @@ def format_report(result: VisionBenchResult, opts: VisionBenchOptions) -> str:
               f"normalisation on the CPU, one thread: before {norm['before']:.3f} ms/tile, now {norm['now']:.3f} "
               f"ms/tile: {norm['before'] / norm['now']:.2f}x faster", "",
               "Preprocessing tiles/s by workers:", "",
-              "| pool | workers | tiles/s | vs 1 worker | rounds |", "|---|---:|---:|---:|---|", *_scaling_rows(result), "",
+              "| pool | workers | tiles/s | vs 1 worker (median of rounds) | CPU-s/s here | tiles/s by round |", "|---|---:|---:|---:|---:|---|",
+              *_scaling_rows(result.scaling), "",
               f"Encode end to end ({opts.requests} distinct images, {opts.concurrency} clients): "
               f"{result.encode_tiles_per_s:.2f} tiles/s, {result.encode_ms_per_request:.0f} ms per request", ""]
     before, now = (preprocess_cores(opts.accelerator_vit_ms, ms) for ms in (work.before_ms, work.uint8_ms))

@@ -133,8 +133,10 @@ def normalise_per_tile(images: list[bytes], opts: ResolvedTiling, rounds: int, t
     samples: dict[str, list[float]] = {"before": [], "now": []}
     try:
         for _ in range(rounds):
-            for name, run in (("before", lambda: [normalize_before(t) for t in hwc]),
-                              ("now", lambda: [normalizer(p) for p in pixels])):
+            # One image at a time, its result dropped before the next: a replica holds one batch,
+            # not the whole set (which would time page faults rather than normalisation).
+            for name, run in (("before", lambda: all(normalize_before(t) is not None for t in hwc)),
+                              ("now", lambda: all(normalizer(p) is not None for p in pixels))):
                 started = time.perf_counter()
                 run()
                 samples[name].append((time.perf_counter() - started) * 1000 / tiles)
@@ -154,23 +156,33 @@ def _tile_count(data: bytes, opts: ResolvedTiling) -> int:
     return preprocess_pixels(data, opts).num_tiles
 
 
+@dataclass(frozen=True)
+class Scaling:
+    tiles_per_s: dict[tuple[str, int], list[float]]  # (pool kind, workers) -> one rate per round
+    cpu_per_wall: dict[tuple[str, int], list[float]]  # this process's CPU-s per wall s: threads in parallel
+
+
 def worker_scaling(images: list[bytes], opts: ResolvedTiling, workers: tuple[int, ...], kinds: tuple[str, ...],
-                   rounds: int) -> dict[tuple[str, int], list[float]]:
+                   rounds: int) -> Scaling:
     """Preprocessing tiles/s (bytes -> uint8 tiles back in this process) by pool kind and worker
-    count, every pool started and warmed before timing, configurations interleaved round by round."""
+    count, every pool started and warmed before timing, configurations interleaved round by round.
+    For threads, this process's CPU time per wall second shows how many ran at once (the GIL
+    would hold it near 1); for processes it counts only the unpickling here."""
     tiles = sum(preprocess_pixels(d, opts).num_tiles for d in images)
     pools = {(kind, n): _pool(kind, n) for kind in kinds for n in workers}
     try:
         for (_, n), pool in pools.items():
             list(pool.map(_tile_count, images[: 2 * n], [opts] * 2 * n))  # start and warm every worker
-        rates: dict[tuple[str, int], list[float]] = {key: [] for key in pools}
+        result = Scaling({key: [] for key in pools}, {key: [] for key in pools})
         for index in range(rounds):
             keys = list(pools) if index % 2 == 0 else list(pools)[::-1]
             for key in keys:
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 list(pools[key].map(preprocess_pixels, images, [opts] * len(images)))
-                rates[key].append(tiles / (time.perf_counter() - started))
-        return rates
+                elapsed = time.perf_counter() - started
+                result.tiles_per_s[key].append(tiles / elapsed)
+                result.cpu_per_wall[key].append((time.process_time() - cpu) / elapsed)
+        return result
     finally:
         for pool in pools.values():
             pool.shutdown()
