@@ -31,6 +31,7 @@ import torch
 from tools.bench import photos as photo_sets
 from tools.bench import vision_stages as stages
 from tools.bench.plan import preprocess_cores
+from tools.bench.vit import add_model_args
 from vision_service.preprocess import ResolvedTiling, preprocess_pixels
 
 H100_VIT_MS_PER_TILE = 1.8  # InternViT-300M, ~0.7 TFLOP per 448px tile at ~400 TFLOP/s (issue 13)
@@ -202,8 +203,7 @@ def format_report(result: VisionBenchResult, opts: VisionBenchOptions) -> str:
 def register(kinds) -> None:
     """Add `dvd bench vision` to the `dvd bench` sub-commands."""
     p = kinds.add_parser("vision", help="one vision replica: time per stage, preprocessing by workers, Encode tiles/s")
-    p.add_argument("--preset", default="small", help="a preset or a checkpoint dir")
-    p.add_argument("--checkpoint-root", default="checkpoints")
+    add_model_args(p)
     p.add_argument("--image-dir", default="", help="real photos from this folder (default: the packaged photos)")
     p.add_argument("--synthetic", default="", help="a synthetic size mix instead, e.g. 640x480:1,1920x1080:1")
     p.add_argument("--synthetic-count", type=int, default=12)
@@ -213,9 +213,6 @@ def register(kinds) -> None:
     p.add_argument("--scaling-copies", type=int, default=4, help="the image set this many times per scaling run")
     p.add_argument("--requests", type=int, default=16, help="Encode requests in the end-to-end run")
     p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--fidelity", action="store_true", help="also measure --fast-decode on large JPEGs")
     p.add_argument("--accelerator-vit-ms", type=float, default=H100_VIT_MS_PER_TILE,
                    help="ViT ms per tile of the accelerator to feed (default: H100-class InternViT-300M)")

@@ -71,16 +71,20 @@ def _sync(device: torch.device) -> None:
 
 def stage_seconds(encoder: TileEncoder, images: list[bytes], opts: ResolvedTiling, codec: Codec,
                   compression: Compression) -> tuple[dict[str, float], int]:
-    """One pass over `images`, one stage at a time per image: seconds per stage, tiles in all."""
+    """One pass over `images` per group of stages: seconds per stage, tiles in all. The CPU's
+    stages run before any model stage: after a forward, torch's idle worker threads keep
+    spinning for a while and would take CPU from a decode timed right after it."""
     spent = dict.fromkeys(STAGES, 0.0)
-    plan, device, num_tiles = VirPlan(VirMode.OFF), encoder.device, 0
+    plan, device, tiled = VirPlan(VirMode.OFF), encoder.device, []
     for data in images:
         image, spent["decode"] = _add(spent["decode"], *_timed(decode_image, data))
         tiles, spent["resize + tile"] = _add(spent["resize + tile"], *_timed(tile_pixels, image, opts))
         hwc = tiles.pixels.permute(0, 2, 3, 1).numpy()
         _, spent["normalise (CPU, before)"] = _add(spent["normalise (CPU, before)"], *_timed(normalize_before, hwc))
+        tiled.append(tiles.pixels)
+    for pixels in tiled:
         started = time.perf_counter()
-        model_input = encoder.model_input(tiles.pixels)
+        model_input = encoder.model_input(pixels)
         _sync(device)
         spent["transfer + normalise (device)"] += time.perf_counter() - started
         started = time.perf_counter()
@@ -89,8 +93,7 @@ def stage_seconds(encoder: TileEncoder, images: list[bytes], opts: ResolvedTilin
         spent["ViT"] += time.perf_counter() - started
         features, spent["projector"] = _add(spent["projector"], *_timed(encoder.finish, grid, plan))
         _, spent["codec"] = _add(spent["codec"], *_timed(codecs.encode, features.features, codec, compression))
-        num_tiles += tiles.num_tiles
-    return spent, num_tiles
+    return spent, sum(p.shape[0] for p in tiled)
 
 
 def _add(total: float, out, seconds: float):

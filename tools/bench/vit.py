@@ -98,17 +98,22 @@ def format_table(result: VitBenchResult, opts: VitBenchOptions) -> str:
     return "\n".join(lines)
 
 
-def register(kinds) -> None:
-    """Add `dvd bench vit` to the `dvd bench` sub-commands."""
-    p = kinds.add_parser("vit", help="ViT cost per image by tiles per forward (sizing --max-batch-tiles)")
+def add_model_args(p) -> None:
+    """The checkpoint and where it runs: the flags of the benches that load vision modules."""
     p.add_argument("--preset", default="small", help="a preset or a checkpoint dir")
     p.add_argument("--checkpoint-root", default="checkpoints")
-    p.add_argument("--widths", default="1,2,5,10", help="tiles per forward, comma-separated")
-    p.add_argument("--tiles", type=int, default=10, help="tiles of the image (10: a 1344x1344 image)")
-    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+
+
+def register(kinds) -> None:
+    """Add `dvd bench vit` to the `dvd bench` sub-commands."""
+    p = kinds.add_parser("vit", help="ViT cost per image by tiles per forward (sizing --max-batch-tiles)")
+    add_model_args(p)
+    p.add_argument("--widths", default="1,2,5,10", help="tiles per forward, comma-separated")
+    p.add_argument("--tiles", type=int, default=10, help="tiles of the image (10: a 1344x1344 image)")
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", default="", help="also write the curve and the recommended width to this file")
     p.set_defaults(func=main)
 
