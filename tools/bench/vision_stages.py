@@ -102,7 +102,8 @@ def _add(total: float, out, seconds: float):
 
 @dataclass(frozen=True)
 class CpuWork:
-    """Median ms per tile over rounds, one thread, the two interleaved."""
+    """Median CPU ms per tile over rounds, one thread, the two interleaved. CPU time of the
+    thread, not wall time: on a shared machine the wall time also counts waiting for a core."""
 
     before_ms: float  # decode, resize, tile, normalise on the CPU (today's `preprocess`)
     uint8_ms: float  # decode, resize, tile into uint8 planes (a GPU replica's CPU share)
@@ -116,17 +117,17 @@ def cpu_work_per_tile(images: list[bytes], opts: ResolvedTiling, rounds: int) ->
         order = [(preprocess_before, "before"), (preprocess_pixels, "uint8")]
         times = {}
         for fn, name in order if index % 2 == 0 else order[::-1]:
-            started = time.perf_counter()
+            started = time.thread_time()
             for data in images:
                 fn(data, opts)
-            times[name] = (time.perf_counter() - started) * 1000 / tiles
+            times[name] = (time.thread_time() - started) * 1000 / tiles
         samples.append((times["before"], times["uint8"]))
     return CpuWork(statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples), samples)
 
 
 def normalise_per_tile(images: list[bytes], opts: ResolvedTiling, rounds: int, threads: int = 1) -> dict[str, float]:
-    """Median ms per tile: the CPU table lookup before vs the CPU normaliser now, with `threads`
-    torch threads (the lookup is numpy, one thread), interleaved."""
+    """Median CPU ms per tile (this thread's CPU time): the CPU table lookup before vs the CPU
+    normaliser now, with `threads` torch threads (1: all in this thread), interleaved."""
     pixels = [preprocess_pixels(d, opts).pixels for d in images]
     hwc = [p.permute(0, 2, 3, 1).contiguous().numpy() for p in pixels]
     tiles = sum(p.shape[0] for p in pixels)
@@ -140,9 +141,9 @@ def normalise_per_tile(images: list[bytes], opts: ResolvedTiling, rounds: int, t
             # not the whole set (which would time page faults rather than normalisation).
             for name, run in (("before", lambda: all(normalize_before(t) is not None for t in hwc)),
                               ("now", lambda: all(normalizer(p) is not None for p in pixels))):
-                started = time.perf_counter()
+                started = time.thread_time()
                 run()
-                samples[name].append((time.perf_counter() - started) * 1000 / tiles)
+                samples[name].append((time.thread_time() - started) * 1000 / tiles)
     finally:
         torch.set_num_threads(previous)
     return {name: statistics.median(values) for name, values in samples.items()}
