@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dvd.tls import TlsFiles
 from dvd.types import Codec, Compression, VirMode
 
 DEFAULT_MODEL = "tiny"  # `dvd serve` with no --model: the tiny random-init checkpoint
@@ -62,10 +63,14 @@ class VisionConfig:
     store_ttl_s: float = 600.0
     fetch_chunk_bytes: int = 1024 * 1024
     metrics_port: int = 9090  # Prometheus /metrics over HTTP; 0 picks a free port
-    redis_url: str = ""  # also write embeddings to this Redis (shared cache); "" = memory only
+    redis_url: str = field(default="", repr=False)  # also write embeddings to this Redis; "" = memory only
     redis_chunk_bytes: int = 8 * 1024 * 1024
     linger_s: float = 5.0  # after SIGTERM: NOT_SERVING but still serving fetches, before draining
     drain_grace_s: float = 30.0
+    tls: TlsFiles = field(default_factory=TlsFiles)  # server TLS; a client CA makes it mTLS
+    health_port: int = 0  # plaintext gRPC health alone (Kubernetes probes); 0: none
+    redis_tls: TlsFiles = field(default_factory=TlsFiles)  # rediss:// CA and client certificate
+    redis_password: str = field(default="", repr=False)  # Redis AUTH; never in refs or logs
 
     def __post_init__(self) -> None:
         _positive(redis_chunk_bytes=self.redis_chunk_bytes, max_queue_images=self.max_queue_images,
@@ -97,8 +102,19 @@ class LanguageConfig:
     metrics_port: int = 9092  # Prometheus /metrics over HTTP; 0 picks a free port
     fetch_timeout_s: float = 30.0
     drain_grace_s: float = 30.0
+    # The prompt template: "checkpoint" (an original-layout checkpoint's config.json `template`, an
+    # HF-native one's chat_template), a conversation template name ("internvl2_5"), or a .jinja path.
+    chat_template: str = "checkpoint"
+    tls: TlsFiles = field(default_factory=TlsFiles)  # server TLS; a client CA makes it mTLS
+    health_port: int = 0  # plaintext gRPC health alone (Kubernetes probes); 0: none
+    fetch_tls: TlsFiles = field(default_factory=TlsFiles)  # client TLS to vision replicas (FetchEmbedding)
+    redis_url: str = field(default="", repr=False)  # the shared Redis refs may name (password, TLS below)
+    redis_tls: TlsFiles = field(default_factory=TlsFiles)
+    redis_password: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
+        if not self.chat_template:
+            raise ValueError("chat_template must name a template ('checkpoint', 'internvl2_5' or a .jinja path)")
         _positive(max_model_len=self.max_model_len, default_max_tokens=self.default_max_tokens,
                   max_running_seqs=self.max_running_seqs, max_queue=self.max_queue,
                   max_kv_tokens=self.max_kv_tokens, max_prefill_tokens=self.max_prefill_tokens,
@@ -130,10 +146,26 @@ class GatewayConfig:
     max_video_frames: int = 64
     max_video_frame_pixels: int = 4096 * 4096
     request_timeout_s: float = 600.0
-    redis_url: str = ""  # shared embedding cache; "" = route identical images to one replica instead
+    redis_url: str = field(default="", repr=False)  # shared embedding cache; "" = route identical images to one replica instead
     ref_cache_ttl_s: float = 300.0  # keep below the vision store's TTL
     ref_cache_max_entries: int = 100_000
     drain_grace_s: float = 30.0
+    # Bad input and security (RELIABILITY.md, "Bad input and security").
+    allow_private_urls: bool = False  # image/video URLs may resolve to loopback/private addresses
+    allow_url_hosts: tuple[str, ...] = ()  # hosts (".suffix": a domain) exempt from the address check
+    only_allowed_url_hosts: bool = False  # fetch nothing but allow_url_hosts
+    max_url_redirects: int = 3
+    api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (key, tenant); () = no auth
+    auth_health: bool = False  # /health needs a key too
+    auth_metrics: bool = False  # /metrics needs a key too
+    tenant_header: str = ""  # trusted header (set by an auth proxy) naming the tenant; "" = keys only
+    max_body_bytes: int = 128 * 1024 * 1024  # REST request body; beyond it: 413
+    max_grpc_message_bytes: int = 64 * 1024 * 1024  # public gRPC port (the pools' hops keep their own)
+    tls: TlsFiles = field(default_factory=TlsFiles)  # public gRPC (and REST) server TLS; client CA: mTLS
+    health_port: int = 0  # plaintext gRPC health alone (Kubernetes probes); 0: none
+    pool_tls: TlsFiles = field(default_factory=TlsFiles)  # client TLS to the vision and language pools
+    redis_tls: TlsFiles = field(default_factory=TlsFiles)
+    redis_password: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not self.vision_targets or not self.language_targets:
@@ -143,6 +175,11 @@ class GatewayConfig:
                   max_video_bytes=self.max_video_bytes, default_video_frames=self.default_video_frames,
                   max_video_frame_pixels=self.max_video_frame_pixels, ref_cache_ttl_s=self.ref_cache_ttl_s,
                   ref_cache_max_entries=self.ref_cache_max_entries)
+        _positive(max_body_bytes=self.max_body_bytes, max_grpc_message_bytes=self.max_grpc_message_bytes)
+        if self.max_url_redirects < 0:
+            raise ValueError(f"max_url_redirects must be >= 0, got {self.max_url_redirects}")
+        if any(not key for key, _ in self.api_keys):
+            raise ValueError("API keys must be non-empty")
         if not self.default_video_frames <= self.max_video_frames:
             raise ValueError(f"default_video_frames ({self.default_video_frames}) exceeds max_video_frames "
                              f"({self.max_video_frames})")

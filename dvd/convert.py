@@ -97,6 +97,7 @@ def ref_to_pb(ref: EmbeddingRef) -> common_pb2.EmbeddingRef:
         model_id=ref.model_id,
         compression=COMPRESSION_TO_PB[ref.compression],
         fallback_location=ref.fallback_location,
+        access_token=ref.access_token,
     )
 
 
@@ -117,6 +118,7 @@ def ref_from_pb(pb: common_pb2.EmbeddingRef) -> EmbeddingRef:
         model_id=pb.model_id,
         compression=COMPRESSION_FROM_PB.get(pb.compression, Compression.NONE),
         fallback_location=pb.fallback_location,
+        access_token=pb.access_token,
     )
 
 

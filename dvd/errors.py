@@ -50,6 +50,14 @@ class Internal(DvdError):
     """A bug or unexpected failure inside a service."""
 
 
+class Unauthenticated(DvdError):
+    """No credentials, or credentials this service does not know."""
+
+
+class PayloadTooLarge(DvdError):
+    """The request body (or message) is larger than this service accepts."""
+
+
 @dataclass(frozen=True)
 class ErrorKind:
     grpc_code: grpc.StatusCode
@@ -67,6 +75,8 @@ ERROR_TABLE: dict[type[DvdError], ErrorKind] = {
     DataCorrupted: ErrorKind(grpc.StatusCode.DATA_LOSS, 502, "upstream_error"),
     DeadlineExceeded: ErrorKind(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "timeout_error"),
     Internal: ErrorKind(grpc.StatusCode.INTERNAL, 500, "internal_error"),
+    Unauthenticated: ErrorKind(grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"),
+    PayloadTooLarge: ErrorKind(grpc.StatusCode.RESOURCE_EXHAUSTED, 413, "invalid_request_error"),
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[DvdError]] = {}

@@ -8,6 +8,7 @@ import os
 import sys
 
 from dvd.config import DeviceConfig
+from dvd.tls import TlsFiles
 
 
 def add_common(parser: argparse.ArgumentParser, default_port: int) -> None:
@@ -19,6 +20,7 @@ def add_common(parser: argparse.ArgumentParser, default_port: int) -> None:
     parser.add_argument("--drain-grace-s", type=float, default=30.0, help="seconds to finish in-flight work on SIGTERM")
     parser.add_argument("--log-level", default="INFO")
     add_cpus(parser)
+    add_server_tls(parser)
     parser.add_argument("--threads", type=int, default=0,
                         help="torch compute threads (0: one per pinned CPU, else torch's default: one per core)")
 
@@ -71,3 +73,48 @@ def device_config(args: argparse.Namespace) -> DeviceConfig:
 
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def add_server_tls(parser: argparse.ArgumentParser) -> None:
+    """--tls-cert/--tls-key (serve TLS), --tls-client-ca (require client certificates: mTLS) and
+    --health-port (plaintext health alone, for Kubernetes' gRPC probes, which speak no TLS)."""
+    parser.add_argument("--tls-cert", default="", help="PEM certificate: serve gRPC over TLS")
+    parser.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", default="", help="PEM CA: require client certificates it signed (mTLS)")
+    parser.add_argument("--health-port", type=int, default=0,
+                        help="also serve gRPC health alone, in plaintext, on this port (probes); 0: not")
+
+
+def add_client_tls(parser: argparse.ArgumentParser, prefix: str, peer: str) -> None:
+    """--PREFIX-ca (verify `peer`), --PREFIX-cert/--PREFIX-key (present a client certificate)."""
+    parser.add_argument(f"--{prefix}-ca", default="", help=f"PEM CA that {peer}'s TLS certificate chains to")
+    parser.add_argument(f"--{prefix}-cert", default="", help=f"PEM client certificate for {peer} (mTLS)")
+    parser.add_argument(f"--{prefix}-key", default="", help=f"PEM private key of --{prefix}-cert")
+    parser.add_argument(f"--{prefix}-server-name", default="",
+                        help=f"name {peer}'s certificate must carry (default: the host dialled)")
+
+
+def add_redis(parser: argparse.ArgumentParser, what: str) -> None:
+    """--redis URL (redis:// or rediss://), its TLS files and a password file (AUTH)."""
+    parser.add_argument("--redis", default="", help=f"redis://host:port/db or rediss:// (TLS): {what}")
+    parser.add_argument("--redis-password-file", default="",
+                        help="file holding the Redis AUTH password (kept out of URLs, logs and refs)")
+    add_client_tls(parser, "redis-tls", "Redis")
+
+
+def server_tls(args: argparse.Namespace) -> TlsFiles:
+    return TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
+def client_tls(args: argparse.Namespace, prefix: str) -> TlsFiles:
+    p = prefix.replace("-", "_")
+    return TlsFiles(getattr(args, f"{p}_cert"), getattr(args, f"{p}_key"), getattr(args, f"{p}_ca"),
+                    getattr(args, f"{p}_server_name"))
+
+
+def read_secret(path: str) -> str:
+    """A secret file's contents, stripped; "" when no path is given. Read once, at startup."""
+    if not path:
+        return ""
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()

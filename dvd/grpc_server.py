@@ -14,6 +14,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from dvd.errors import DvdError, Internal, kind_of
+from dvd.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     if isinstance(exc, DvdError):
         await context.abort(kind_of(exc).grpc_code, exc.message)
     log.exception("unhandled error in %s", getattr(context, "_method", "rpc"))
-    await context.abort(kind_of(Internal("")).grpc_code, f"internal error: {type(exc).__name__}: {exc}")
+    # The message is logged, not sent: it may name internal hosts, paths or credentials.
+    await context.abort(kind_of(Internal("")).grpc_code, f"internal error ({type(exc).__name__})")
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -102,16 +104,34 @@ class GrpcService:
             self.server,
         )
         self.port = 0
+        self._health_server: grpc.aio.Server | None = None
 
-    def bind(self, host: str, port: int) -> int:
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+    def bind(self, host: str, port: int, tls: TlsFiles | None = None) -> int:
+        """Listen on host:port, with TLS (mTLS when `tls` names a client CA) when `tls` is enabled."""
+        address = f"{host}:{port}"
+        if tls is not None and tls.enabled:
+            self.port = self.server.add_secure_port(address, tls.server_credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot bind gRPC server to {host}:{port}")
         return self.port
 
+    def bind_health(self, host: str, port: int) -> int:
+        """Also serve the health service alone, in plaintext, on host:port: Kubernetes' native
+        gRPC probes speak neither TLS nor credentials. Nothing else is reachable there."""
+        self._health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+        bound = self._health_server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot bind the health port {host}:{port}")
+        return bound
+
     async def start(self) -> None:
         """Start serving; liveness ("") is SERVING at once, readiness waits for `set_ready`."""
         await self.server.start()
+        if self._health_server is not None:
+            await self._health_server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in self.service_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -138,3 +158,5 @@ class GrpcService:
         if on_stop is not None:
             await on_stop()
         await self.server.stop(grace_s)
+        if self._health_server is not None:
+            await self._health_server.stop(0)

@@ -4,6 +4,7 @@ cached embeddings are only valid for the model that produced them."""
 from __future__ import annotations
 
 import hashlib
+import uuid
 from pathlib import Path
 
 
@@ -18,3 +19,9 @@ def model_identity(checkpoint_dir: str | Path) -> str:
     for path in sorted(root.glob("*.safetensors")):
         digest.update(f"{path.name}:{path.stat().st_size};".encode())
     return f"{root.name}@{digest.hexdigest()}"
+
+
+def new_request_id() -> str:
+    """The one request-id format (OpenAI's `chatcmpl-` prefix), made once where a request enters
+    the system and carried unchanged on every hop, in logs and in the reply."""
+    return f"chatcmpl-{uuid.uuid4().hex}"

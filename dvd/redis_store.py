@@ -6,12 +6,15 @@ Every call has a short timeout: Redis is an accelerator, never a dependency. Cal
 
 from __future__ import annotations
 
+import hmac
 import logging
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from dvd import convert
+from dvd.tls import TlsFiles, redis_tls_kwargs
 from dvd.types import EmbeddingRef
 from protos.v1 import common_pb2
 
@@ -20,16 +23,31 @@ log = logging.getLogger(__name__)
 _PREFIX = "dvd:emb:"
 
 
+def redact_url(url: str) -> str:
+    """`url` without its user and password: what refs, logs and errors may carry."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 class StoreUnavailable(Exception):
     """Redis could not be reached or answered with an error."""
 
 
 class RedisStore:
-    def __init__(self, url: str, ttl_s: float, chunk_bytes: int = 8 * 1024 * 1024, timeout_s: float = 2.0) -> None:
-        self.url = url
+    """Embedding blobs and refs in one Redis. `location` (the URL without credentials) is what
+    refs name; the password (AUTH) and TLS files stay in this object."""
+
+    def __init__(self, url: str, ttl_s: float, chunk_bytes: int = 8 * 1024 * 1024, timeout_s: float = 2.0,
+                 tls: TlsFiles | None = None, password: str = "") -> None:
+        self.location = redact_url(url)
         self.ttl_s = ttl_s
         self.chunk_bytes = chunk_bytes
-        self._client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        auth = {"password": password} if password else {}
+        tls_kwargs = redis_tls_kwargs(tls) if url.startswith("rediss://") else {}
+        self._client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                               **auth, **tls_kwargs)
         self.hits = 0
         self.misses = 0
 
@@ -44,13 +62,13 @@ class RedisStore:
                 pipe.expire(_PREFIX + ref.key, int(max(self.ttl_s, 1)))
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis put failed: {exc}") from exc
+            raise StoreUnavailable(f"redis put failed: {type(exc).__name__}") from exc
 
     async def get_ref(self, key: str) -> EmbeddingRef | None:
         try:
             raw = await self._client.hget(_PREFIX + key, b"ref")
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis get failed: {exc}") from exc
+            raise StoreUnavailable(f"redis get failed: {type(exc).__name__}") from exc
         if raw is None:
             self.misses += 1
             return None
@@ -59,12 +77,14 @@ class RedisStore:
         pb.ParseFromString(raw)
         return convert.ref_from_pb(pb)
 
-    async def get_blob(self, key: str) -> bytes | None:
+    async def get_blob(self, key: str, token: str = "") -> bytes | None:
+        """The blob stored under `key`, if the ref stored with it carries `token` (None otherwise:
+        a content key alone never reads an embedding)."""
         try:
             fields = await self._client.hgetall(_PREFIX + key)
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis get failed: {exc}") from exc
-        if not fields:
+            raise StoreUnavailable(f"redis get failed: {type(exc).__name__}") from exc
+        if not fields or not _token_matches(fields.get(b"ref"), token):
             return None
         count = int(fields[b"n"])
         return b"".join(fields[str(i).encode()] for i in range(count))
@@ -77,3 +97,11 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _token_matches(raw_ref: bytes | None, token: str) -> bool:
+    if raw_ref is None:
+        return False
+    pb = common_pb2.EmbeddingRef()
+    pb.ParseFromString(raw_ref)
+    return hmac.compare_digest(pb.access_token.encode(), token.encode())

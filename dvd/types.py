@@ -84,6 +84,7 @@ class EmbeddingRef:
     model_id: str
     compression: Compression = Compression.NONE
     fallback_location: str = ""  # grpc:// replica that also holds the blob, when location is Redis
+    access_token: str = field(default="", repr=False)  # secret issued with the ref; fetching needs it
 
     @property
     def num_tokens(self) -> int:

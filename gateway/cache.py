@@ -1,12 +1,14 @@
 """The gateway's view of the embedding cache: content key -> EmbeddingRef. A hit means the
 embeddings already sit in a store the language pool can read, so the vision pool is skipped
-entirely. Local memory first (recent refs this gateway saw), then the shared Redis."""
+entirely. Local memory first (recent refs this gateway saw, LRU with a TTL), then the shared
+Redis when there is one."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+
+from cachetools import TTLCache
 
 from dvd.redis_store import RedisStore, StoreUnavailable
 from dvd.types import EmbeddingRef
@@ -15,44 +17,33 @@ log = logging.getLogger(__name__)
 
 
 class RefCache:
+    """Content key -> EmbeddingRef, answered from memory, else from Redis (which is optional)."""
+
     def __init__(self, ttl_s: float, max_entries: int, redis: RedisStore | None = None, clock=time.monotonic) -> None:
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self.redis = redis
-        self._clock = clock
-        self._refs: OrderedDict[str, tuple[EmbeddingRef, float]] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
+        # TTLCache: entries expire ttl_s after they were stored; past max_entries the least
+        # recently used goes first. A Redis hit is stored again, so it lives ttl_s from then.
+        self._refs: TTLCache[str, EmbeddingRef] = TTLCache(max_entries, ttl_s, timer=clock)
+        self._redis = redis
+
+    @property
+    def shared(self) -> bool:
+        """Whether the cache is shared across gateways and replicas (Redis), not just this process."""
+        return self._redis is not None
 
     async def get(self, key: str) -> EmbeddingRef | None:
-        ref = self._local(key)
-        if ref is None and self.redis is not None:
+        ref = self._refs.get(key)
+        if ref is None and self._redis is not None:
             try:
-                ref = await self.redis.get_ref(key)
+                ref = await self._redis.get_ref(key)
             except StoreUnavailable as exc:
                 log.warning("embedding cache lookup skipped: %s", exc)
-        if ref is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self.remember(key, ref)
+            if ref is not None:
+                self.remember(key, ref)
         return ref
 
     def remember(self, key: str, ref: EmbeddingRef) -> None:
-        self._refs[key] = (ref, self._clock() + self.ttl_s)
-        self._refs.move_to_end(key)
-        while len(self._refs) > self.max_entries:
-            self._refs.popitem(last=False)
+        self._refs[key] = ref
 
-    def forget(self, key: str) -> None:
-        self._refs.pop(key, None)
-
-    def _local(self, key: str) -> EmbeddingRef | None:
-        entry = self._refs.get(key)
-        if entry is None:
-            return None
-        if entry[1] <= self._clock():
-            del self._refs[key]
-            return None
-        self._refs.move_to_end(key)
-        return entry[0]
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.close()

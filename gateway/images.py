@@ -1,5 +1,6 @@
-"""Image loading for the gateway: inline bytes, data: URLs, and http(s) URLs fetched
-within size and time limits. The gateway never decodes images; the vision pool does."""
+"""Image loading for the gateway: inline bytes, data: URLs, and http(s) URLs fetched through
+`gateway.url_guard` (SSRF checks, size, time and type limits). The gateway never decodes
+images; the vision pool does."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import base64
 import binascii
 from dataclasses import dataclass
 
-import httpx
-
 from dvd.errors import InvalidRequest
+from gateway.url_guard import UrlGuard
 
 
 @dataclass(frozen=True)
@@ -22,11 +22,11 @@ class ImageSource:
 
 
 class ImageLoader:
-    def __init__(self, max_bytes: int, timeout_s: float, allow_http: bool) -> None:
+    """Inline and data: images as they are; http(s) URLs through the SSRF guard."""
+
+    def __init__(self, max_bytes: int, guard: UrlGuard) -> None:
         self.max_bytes = max_bytes
-        self.timeout_s = timeout_s
-        self.allow_http = allow_http
-        self._client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=True, max_redirects=3)
+        self.guard = guard
 
     async def load_all(self, sources: list[ImageSource]) -> list[bytes]:
         return list(await asyncio.gather(*(self.load(s) for s in sources)))
@@ -35,34 +35,14 @@ class ImageLoader:
         if source.data is not None:
             return checked_size(source.data, "inline image", self.max_bytes)
         url = source.url or ""
-        if url.startswith("data:"):
+        if url[:5].lower() == "data:":
             return checked_size(decode_data_url(url, "image"), "data: URL image", self.max_bytes)
-        if url.startswith(("http://", "https://")):
-            if not self.allow_http:
-                raise InvalidRequest("http(s) image URLs are disabled on this gateway; send a data: URL")
-            return await self._fetch(url)
-        raise InvalidRequest(f"image_url must be a data: or http(s): URL, got {url[:40]!r}")
+        if url.split(":", 1)[0].lower() in ("http", "https"):
+            return checked_size(await self.guard.fetch(url, "image"), "the image at that URL", self.max_bytes)
+        raise InvalidRequest("image_url must be a data: or http(s): URL")
 
     async def close(self) -> None:
-        await self._client.aclose()
-
-
-    async def _fetch(self, url: str) -> bytes:
-        try:
-            async with asyncio.timeout(self.timeout_s), self._client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise InvalidRequest(f"fetching image {url!r}: HTTP {response.status_code}")
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise InvalidRequest(f"image at {url!r} is larger than {self.max_bytes} bytes")
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise InvalidRequest(f"fetching image {url!r} took longer than {self.timeout_s} s") from None
-        except httpx.HTTPError as exc:
-            raise InvalidRequest(f"fetching image {url!r} failed: {exc}") from exc
-        return checked_size(b"".join(chunks), f"image at {url!r}", self.max_bytes)
+        """Nothing is held between fetches (each fetch opens its own pinned connection)."""
 
 
 def decode_data_url(url: str, kind: str) -> bytes:
@@ -73,8 +53,8 @@ def decode_data_url(url: str, kind: str) -> bytes:
         raise InvalidRequest(f"data: {kind} URLs must be base64 encoded ({example})")
     try:
         return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidRequest(f"invalid base64 in data: URL: {exc}") from exc
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("invalid base64 in data: URL") from None
 
 
 def checked_size(data: bytes, what: str, max_bytes: int) -> bytes:

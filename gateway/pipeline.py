@@ -1,45 +1,32 @@
-"""The request path, top to bottom: parse -> load images (videos: sampled frames) -> encode
-them on the vision pool (route first when the router ranks several images together) ->
-generate on the language pool -> stream deltas out. Both front ends (REST and gRPC) call
-`Pipeline.chat`; neither knows about pools or protobuf of the pools."""
+"""The request path, top to bottom: check the model -> load images (videos: sampled frames) ->
+encode them on the vision pool (route first when the router ranks several images together) ->
+generate on the language pool -> stream deltas out. Both front ends (REST and gRPC) parse their
+wire format into a `gateway.requests.ChatRequest` and call `Pipeline.chat`; neither knows about
+pools or their protobuf."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
-from dvd.cache_key import content_key, route_key
+from dvd.cache_key import content_key, route_key, tenant_scope
 from dvd.config import GatewayConfig
 from dvd.errors import ModelNotFound, NotFound
-from dvd.types import Codec, Delta, EncodeResult, SamplingParams, StageTimings, TextPart, TilingOptions, VirOptions
+from dvd.types import Codec, Delta, EncodeResult, StageTimings, VirOptions
 from gateway.cache import RefCache
-from gateway.images import ImageLoader, ImageSource
+from gateway.images import ImageLoader
 from gateway.media import MediaImage, load_media, split_media
 from gateway.metrics import GatewayMetrics
 from gateway.pools import LanguagePool, PoolInfo, VisionPool
-from gateway.video import VideoLoader, VideoSource
-
-
-@dataclass(frozen=True)
-class ChatTurn:
-    role: str
-    parts: tuple[TextPart | ImageSource | VideoSource, ...]
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    messages: tuple[ChatTurn, ...]
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    model: str = ""
-    tiling: TilingOptions = field(default_factory=TilingOptions)  # images; video frames are one tile each
-    vir: VirOptions = field(default_factory=VirOptions)
-    codec: Codec | None = None  # None: the vision pool's default
-    request_id: str = ""
+from gateway.requests import ChatRequest
+from gateway.video import VideoLoader
 
 
 class Pipeline:
+    """One gateway's request path over a vision pool, a language pool, media loaders and the
+    gateway's ref cache. `chat` is the only entry point; `close` releases everything it holds."""
+
     def __init__(self, cfg: GatewayConfig, vision: VisionPool, language: LanguagePool, images: ImageLoader,
                  cache: RefCache, metrics: GatewayMetrics, videos: VideoLoader | None = None) -> None:
         self.cfg = cfg
@@ -55,19 +42,27 @@ class Pipeline:
         """Stream the reply; the final delta carries finish_reason, usage, timings, cached_images."""
         return self.metrics.track(self._chat(req))
 
+    async def close(self) -> None:
+        """Stop the pools' background work and close every connection the pipeline holds."""
+        await self.vision.close()
+        await self.language.close()
+        await self.images.close()
+        await self.cache.close()
+
     async def _chat(self, req: ChatRequest) -> AsyncIterator[Delta]:
-        request_id = req.request_id or f"chatcmpl-{uuid.uuid4().hex}"
-        self.check_model(req.model)
+        request_id = req.request_id
+        self._check_model(req.model)
         messages, sources = split_media(req.messages, self.videos, self.cfg.max_images_per_request,
                                         self.cfg.max_video_frames)
         images = await load_media(sources, self.images, self.videos, req.tiling)
-        encoded = await self._encode_all(images, req.vir, req.codec, request_id)
+        scope = tenant_scope(req.tenant)
+        encoded = await self._encode_all(images, req.vir, req.codec, request_id, scope=scope)
         self.metrics.record_images(sum(e.cache_hit for e in encoded), sum(not e.cache_hit for e in encoded))
         deltas = self.language.generate(request_id, messages, [e.ref for e in encoded], req.sampling)
         try:
             first = await anext(deltas)
         except NotFound:  # a store evicted the embeddings between encode and fetch: encode again, once
-            encoded = await self._encode_all(images, req.vir, req.codec, request_id, use_cache=False)
+            encoded = await self._encode_all(images, req.vir, req.codec, request_id, use_cache=False, scope=scope)
             deltas = self.language.generate(request_id, messages, [e.ref for e in encoded], req.sampling)
             first = await anext(deltas)
         async for delta in _prepend(first, deltas):
@@ -75,12 +70,12 @@ class Pipeline:
                 _add_vision_stage(delta, encoded)
             yield delta
 
-    def check_model(self, model: str) -> None:
+    def _check_model(self, model: str) -> None:
         if model and model != self.cfg.model_name:
             raise ModelNotFound(f"model {model!r} is not served here; try {self.cfg.model_name!r}")
 
     async def _encode_all(self, images: list[MediaImage], vir: VirOptions, codec: Codec | None, request_id: str,
-                          use_cache: bool = True) -> list[EncodeResult]:
+                          use_cache: bool = True, scope: str = "") -> list[EncodeResult]:
         """Every image concurrently (video frames fan out across replicas like images). In `auto`
         the router ranks each tile against every tile of the request, so with several images
         their scores are gathered first (`_route_all`) and travel with each Encode."""
@@ -89,8 +84,8 @@ class Pipeline:
         info = await self.vision.info()
         routing = StageTimings()
         if len(images) > 1 and info.routes(vir.mode):
-            vir, routing = await self._route_all(images, vir, info.cache_namespace, request_id)
-        tasks = [self._encode(img, vir, codec, f"{request_id}/{i}", info, use_cache)
+            vir, routing = await self._route_all(images, vir, info.cache_namespace, request_id, scope)
+        tasks = [self._encode(img, vir, codec, f"{request_id}/{i}", info, use_cache, scope)
                  for i, img in enumerate(images)]
         encoded = list(await asyncio.gather(*tasks))
         for e in encoded:
@@ -98,31 +93,32 @@ class Pipeline:
         return encoded
 
     async def _route_all(self, images: list[MediaImage], vir: VirOptions, namespace: str,
-                         request_id: str) -> tuple[VirOptions, StageTimings]:
+                         request_id: str, scope: str = "") -> tuple[VirOptions, StageTimings]:
         """Phase one of a multi-image `auto` request: each image's tile scores, from the replica
         its Encode will go to (route-key affinity), which keeps its ViT output for it."""
         routed = await asyncio.gather(*(
             self.vision.route(img.data, img.tiling, f"{request_id}/{i}",
-                              affinity=route_key(img.data, img.tiling, namespace))
+                              affinity=route_key(img.data, img.tiling, namespace, scope), scope=scope)
             for i, img in enumerate(images)))
         slowest = StageTimings(queue_ns=max(r.timings.queue_ns for r in routed),
                                encode_ns=max(r.timings.encode_ns for r in routed))
         return replace(vir, group_scores=tuple(s for r in routed for s in r.scores)), slowest
 
     async def _encode(self, image: MediaImage, vir: VirOptions, codec: Codec | None, request_id: str,
-                      info: PoolInfo, use_cache: bool) -> EncodeResult:
+                      info: PoolInfo, use_cache: bool, scope: str = "") -> EncodeResult:
         """A cache hit skips the vision pool; a miss goes to the replica that owns the key
         (without a shared Redis, that replica's memory is the cache), a routed image to the
         replica that holds its ViT output."""
-        key = content_key(image.data, image.tiling, vir, codec, info.cache_namespace, info.default_codec)
+        key = content_key(image.data, image.tiling, vir, codec, info.cache_namespace, info.default_codec, scope)
         ref = await self.cache.get(key) if use_cache else None
         if ref is not None:
             return EncodeResult(ref, StageTimings(), cache_hit=True)
         if vir.group_scores:
-            affinity = route_key(image.data, image.tiling, info.cache_namespace)
+            affinity = route_key(image.data, image.tiling, info.cache_namespace, scope)
         else:
-            affinity = "" if self.cache.redis is not None else key
-        encoded = await self.vision.encode(image.data, image.tiling, vir, codec, request_id, affinity=affinity)
+            affinity = "" if self.cache.shared else key
+        encoded = await self.vision.encode(image.data, image.tiling, vir, codec, request_id, affinity=affinity,
+                                           scope=scope)
         self.cache.remember(key, encoded.ref)
         return encoded
 

@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dvd.errors import Unavailable
 from dvd.grpc_server import channel_options
+from dvd.tls import TlsFiles, aio_channel
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ class Replica:
 
 
 class ReplicaSet:
-    def __init__(self, service_name: str, stub_class: type, clock=time.monotonic) -> None:
+    def __init__(self, service_name: str, stub_class: type, clock=time.monotonic, tls: TlsFiles | None = None) -> None:
         self.service_name = service_name
+        self.tls = tls  # client TLS (mTLS with a certificate) to every replica of the pool
         self.stub_class = stub_class
         self._clock = clock
         self.replicas: dict[str, Replica] = {}
@@ -62,7 +64,7 @@ class ReplicaSet:
         """Follow discovery: add new targets, drop vanished ones (their in-flight calls finish)."""
         targets = set(targets)
         for target in targets - self.replicas.keys():
-            channel = grpc.aio.insecure_channel(target, options=channel_options(client=True))
+            channel = aio_channel(target, self.tls, channel_options(client=True))
             self.replicas[target] = Replica(target, channel, self.stub_class(channel),
                                             health=health_pb2_grpc.HealthStub(channel))
             log.info("%s: replica %s added", self.service_name, target)

@@ -6,18 +6,25 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dvd.errors import DvdError, Internal, kind_of
+from dvd.identity import new_request_id
 from dvd.types import Delta, StageTimings, Usage
+from gateway.auth import Authenticator
 from gateway.pipeline import Pipeline
-from gateway.protocol import ChatCompletionRequest, error_body
+from gateway.protocol import ERROR_RESPONSES, ChatCompletionRequest, error_body
+from gateway.rest_guard import RestGuard
+
+# Documents `Authorization: Bearer` in the OpenAPI schema; RestGuard does the checking.
+BEARER = [Depends(HTTPBearer(auto_error=False, description="an API key, when the gateway has any"))]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +32,10 @@ log = logging.getLogger(__name__)
 def create_app(pipeline: Pipeline) -> FastAPI:
     app = FastAPI(title="dvd-serve gateway", version="1")
     cfg = pipeline.cfg
+    open_paths = frozenset(p for p, needs_key in (("/health", cfg.auth_health), ("/metrics", cfg.auth_metrics))
+                           if not needs_key)
+    app.add_middleware(RestGuard, auth=Authenticator(cfg.api_keys, cfg.tenant_header),
+                       max_body_bytes=cfg.max_body_bytes, open_paths=open_paths)
 
     @app.exception_handler(DvdError)
     async def _domain_error(request: Request, exc: DvdError) -> JSONResponse:
@@ -38,6 +49,17 @@ def create_app(pipeline: Pipeline) -> FastAPI:
         message = f"invalid request: {first.get('msg', 'malformed body')}" + (f" at {param}" if param else "")
         return JSONResponse(error_body(message, "invalid_request_error", 400, param), 400)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's own errors (unparsable body, unknown path, wrong method) in OpenAI form too."""
+        kind = "invalid_request_error" if exc.status_code < 500 else "internal_error"
+        return JSONResponse(error_body(str(exc.detail), kind, exc.status_code), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)  # details stay in the log
+        return JSONResponse(error_body("internal error", "internal_error", 500), 500)
+
     @app.get("/health")
     async def health() -> JSONResponse:
         ok = await pipeline.vision.healthy() and await pipeline.language.healthy()
@@ -47,16 +69,15 @@ def create_app(pipeline: Pipeline) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(pipeline.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=BEARER, responses={401: ERROR_RESPONSES[401]})
     async def models() -> dict:
         card = {"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "dvd-serve", "root": cfg.model_root}
         return {"object": "list", "data": [card]}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest):
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        chat = body.to_chat_request(request_id)
-        pipeline.check_model(chat.model)
+    @app.post("/v1/chat/completions", dependencies=BEARER, responses=ERROR_RESPONSES)
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        request_id = new_request_id()
+        chat = body.to_chat_request(request_id, tenant=request.state.tenant)
         model = body.model or cfg.model_name
         deltas = pipeline.chat(chat)
         if body.stream:

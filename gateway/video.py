@@ -5,8 +5,9 @@ pool as an image of exactly one tile (448px, no thumbnail), as the InternVL mode
 The gateway decodes videos, unlike images: the frames are independent Encode calls, so they fan
 out across vision replicas (and hit the embedding cache one by one) like the images of a
 multi-image request. Frames are re-encoded losslessly (PNG), so the vision service sees exactly
-the decoded pixels. Sources: inline bytes, `data:` URLs, and `file://` URLs only under the
-directory the gateway was started with (`--video-dir`); anything else is refused.
+the decoded pixels. Sources: inline bytes, `data:` URLs, http(s) URLs (through
+`gateway.url_guard`, as images), and `file://` URLs only under the directory the gateway was
+started with (`--video-dir`); anything else is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from PIL import Image
 from dvd.errors import InvalidRequest
 from dvd.types import TilingOptions
 from gateway.images import checked_size, decode_data_url
+from gateway.url_guard import UrlGuard
 
 # One 448px tile per frame, no thumbnail (a one-tile grid never gets one anyway).
 FRAME_TILING = TilingOptions(min_tiles=1, max_tiles=1, use_thumbnail=False)
@@ -101,8 +103,9 @@ def _png(image: Image.Image) -> bytes:
 
 class VideoLoader:
     def __init__(self, max_bytes: int, video_dir: str, default_frames: int, max_frames: int,
-                 max_pixels: int) -> None:
+                 max_pixels: int, guard: UrlGuard | None = None) -> None:
         self.max_bytes = max_bytes
+        self.guard = guard  # http(s) video URLs; None refuses them
         self.video_dir = Path(video_dir).resolve() if video_dir else None
         self.default_frames = default_frames
         self.max_frames = max_frames
@@ -117,7 +120,13 @@ class VideoLoader:
 
     async def load(self, source: VideoSource) -> list[bytes]:
         """The sampled frames as PNG bytes."""
-        data = await asyncio.to_thread(self._bytes, source)
+        url = source.url or ""
+        if source.data is None and url.split(":", 1)[0].lower() in ("http", "https"):
+            if self.guard is None:
+                raise InvalidRequest("http(s) video URLs are disabled on this gateway")
+            data = checked_size(await self.guard.fetch(url, "video"), "the video at that URL", self.max_bytes)
+        else:
+            data = await asyncio.to_thread(self._bytes, source)
         return await asyncio.to_thread(sample_frames, data, self.num_frames(source), self.max_pixels)
 
     def _bytes(self, source: VideoSource) -> bytes:
@@ -128,7 +137,7 @@ class VideoLoader:
             return checked_size(decode_data_url(url, "video"), "data: URL video", self.max_bytes)
         if url.startswith("file:"):
             return checked_size(self._read_file(url), f"video {url!r}", self.max_bytes)
-        raise InvalidRequest(f"video_url must be a data: URL or a file:// URL, got {url[:40]!r}")
+        raise InvalidRequest("video_url must be a data:, http(s): or file:// URL")
 
     def _read_file(self, url: str) -> bytes:
         if self.video_dir is None:

@@ -6,7 +6,16 @@ import argparse
 import asyncio
 
 from dvd.config import LanguageConfig
-from dvd.flags import add_common, device_config, setup_logging
+from dvd.flags import (
+    add_client_tls,
+    add_common,
+    add_redis,
+    client_tls,
+    device_config,
+    read_secret,
+    server_tls,
+    setup_logging,
+)
 from language_service.server import serve
 
 
@@ -22,13 +31,21 @@ def parse_config(argv: list[str] | None = None) -> LanguageConfig:
     p.add_argument("--max-prefill-tokens", type=int, default=2048, help="prompt tokens per step (chunked prefill)")
     p.add_argument("--metrics-port", type=int, default=9092, help="Prometheus /metrics port (0: pick a free one)")
     p.add_argument("--fetch-timeout-s", type=float, default=30.0)
+    p.add_argument("--chat-template", default="checkpoint",
+                   help="checkpoint (the checkpoint's own: config.json `template` in the original layout, "
+                        "chat_template when HF-native) | internvl2_5 | PATH.jinja")
+    add_client_tls(p, "fetch-tls", "the vision replicas (FetchEmbedding)")
+    add_redis(p, "the shared embedding cache refs may name (its password and TLS files)")
     a = p.parse_args(argv)
     setup_logging(a.log_level)
     return LanguageConfig(
         model=a.model, host=a.host, port=a.port, device=device_config(a), max_model_len=a.max_model_len,
         default_max_tokens=a.default_max_tokens, max_running_seqs=a.max_running_seqs, max_queue=a.max_queue,
         max_kv_tokens=a.max_kv_tokens, max_prefill_tokens=a.max_prefill_tokens, metrics_port=a.metrics_port,
-        fetch_timeout_s=a.fetch_timeout_s, drain_grace_s=a.drain_grace_s,
+        fetch_timeout_s=a.fetch_timeout_s, drain_grace_s=a.drain_grace_s, chat_template=a.chat_template,
+        tls=server_tls(a),
+        health_port=a.health_port, fetch_tls=client_tls(a, "fetch-tls"), redis_url=a.redis,
+        redis_tls=client_tls(a, "redis-tls"), redis_password=read_secret(a.redis_password_file),
     )
 
 

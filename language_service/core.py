@@ -17,6 +17,7 @@ from dvd.config import LanguageConfig
 from dvd.devices import describe, resolve_attention, resolve_device, resolve_dtype
 from dvd.errors import InvalidRequest, ModelNotFound, Unavailable
 from dvd.identity import model_identity
+from dvd.redis_store import RedisStore
 from dvd.store import MemoryStore
 from dvd.types import Delta, EmbeddingRef, Message, SamplingParams
 from language_service.detokenizer import IncrementalDetokenizer
@@ -41,7 +42,8 @@ class LanguageCore:
         self.cfg = cfg
         self.checkpoint_dir = checkpoint_dir
         self.model_id = model_identity(checkpoint_dir)
-        self.fetcher = EmbeddingFetcher(cfg.fetch_timeout_s, local_stores)
+        redis = RedisStore(cfg.redis_url, 1.0, tls=cfg.redis_tls, password=cfg.redis_password) if cfg.redis_url else None
+        self.fetcher = EmbeddingFetcher(cfg.fetch_timeout_s, local_stores, tls=cfg.fetch_tls, redis=redis)
         self.metrics = EngineMetrics(registry or CollectorRegistry())
         self.engine: Engine | None = None
 
@@ -54,7 +56,7 @@ class LanguageCore:
                                      attn_implementation=self.attn_implementation)
         self.model = model
         self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint_dir)
-        self.prompts = PromptBuilder(self.tokenizer, self.checkpoint_dir)
+        self.prompts = PromptBuilder(self.tokenizer, self.checkpoint_dir, self.cfg.chat_template)
         self.hidden_size = int(model.config.hidden_size)
         self.max_model_len = min(self.cfg.max_model_len, int(model.config.max_position_embeddings))
         self.device_desc = describe(device, dtype)
@@ -68,9 +70,10 @@ class LanguageCore:
         engine.metrics = self.metrics  # the warm-up is not traffic: count from here
         self.engine = engine
         self.engine.start()
-        log.info("language model %s loaded on %s (%s), %d torch threads; KV arena %d tokens (%.0f MiB)",
-                 self.model_id, self.device_desc, self.attn_implementation, torch.get_num_threads(),
-                 self.cfg.max_kv_tokens, runner.kv.num_bytes / 2**20)
+        log.info("language model %s loaded on %s (%s), %d torch threads; KV arena %d tokens (%.0f MiB); "
+                 "prompt template %s", self.model_id, self.device_desc, self.attn_implementation,
+                 torch.get_num_threads(), self.cfg.max_kv_tokens, runner.kv.num_bytes / 2**20,
+                 self.prompts.template.name)
 
     def stop(self) -> None:
         if self.engine is not None:

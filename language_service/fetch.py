@@ -6,6 +6,7 @@ and checksum."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 
@@ -17,6 +18,7 @@ from dvd.errors import DataCorrupted, DeadlineExceeded, DvdError, InvalidRequest
 from dvd.grpc_server import channel_options
 from dvd.redis_store import RedisStore, StoreUnavailable
 from dvd.store import MemoryStore
+from dvd.tls import TlsFiles, aio_channel
 from dvd.types import EmbeddingRef
 from protos.v1 import vision_pb2, vision_pb2_grpc
 
@@ -24,11 +26,16 @@ log = logging.getLogger(__name__)
 
 
 class EmbeddingFetcher:
-    def __init__(self, timeout_s: float, local_stores: dict[str, MemoryStore] | None = None) -> None:
+    """`tls`: client TLS (mTLS with a certificate) to vision replicas; `redis`: the configured
+    Redis, with its password and TLS files (refs name it by its credential-free location)."""
+
+    def __init__(self, timeout_s: float, local_stores: dict[str, MemoryStore] | None = None,
+                 tls: TlsFiles | None = None, redis: RedisStore | None = None) -> None:
         self.timeout_s = timeout_s
         self.local_stores = local_stores or {}
+        self.tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._redis: dict[str, RedisStore] = {}
+        self._redis: dict[str, RedisStore] = {redis.location: redis} if redis is not None else {}
         self.bytes_fetched = 0
         self.redis_fallbacks = 0
 
@@ -51,7 +58,7 @@ class EmbeddingFetcher:
             if blob is not None:
                 return blob
             if not ref.fallback_location:
-                raise NotFound(f"embedding {ref.key!r} is not in {ref.location} and has no fallback")
+                raise NotFound(f"embedding {ref.key!r} is not in the shared store and has no fallback")
             self.redis_fallbacks += 1
             return await self._from_location(ref.fallback_location, ref, request_id)
         return await self._from_location(ref.location, ref, request_id)
@@ -61,35 +68,36 @@ class EmbeddingFetcher:
         if store is None:
             store = self._redis[ref.location] = RedisStore(ref.location, ttl_s=1.0)
         try:
-            return await store.get_blob(ref.key)
+            return await store.get_blob(ref.key, ref.access_token)
         except StoreUnavailable as exc:
-            log.warning("redis unreadable, fetching %s from its vision replica: %s", ref.key, exc)
+            log.warning("redis unreadable, fetching an embedding from its vision replica: %s", exc)
             return None
 
     async def _from_location(self, location: str, ref: EmbeddingRef, request_id: str) -> bytes:
         if location in self.local_stores:
             entry = self.local_stores[location].get(ref.key)
-            if entry is None:
+            if entry is None or not hmac.compare_digest(entry[0].access_token.encode(), ref.access_token.encode()):
                 raise NotFound(f"embedding {ref.key!r} is not in the local store (expired or evicted)")
             return entry[1]
         if not location.startswith("grpc://"):
-            raise InvalidRequest(f"unsupported embedding location {location!r}")
+            raise InvalidRequest("unsupported embedding location (not grpc://)")
         stub = vision_pb2_grpc.VisionEncoderStub(self._channel(location.removeprefix("grpc://")))
-        request = vision_pb2.FetchEmbeddingRequest(key=ref.key, request_id=request_id)
+        request = vision_pb2.FetchEmbeddingRequest(key=ref.key, request_id=request_id,
+                                                   access_token=ref.access_token)
         parts: list[bytes] = []
         try:
             async for chunk in stub.FetchEmbedding(request, timeout=self.timeout_s):
                 parts.append(chunk.data)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise DeadlineExceeded(f"fetching embedding {ref.key!r} from {location} timed out") from err
+                raise DeadlineExceeded(f"fetching embedding {ref.key!r} from its vision replica timed out") from err
             upstream: DvdError = from_grpc_error(err)
-            raise type(upstream)(f"fetching embedding from {location}: {upstream.message}") from err
+            raise type(upstream)(f"fetching an embedding from its vision replica: {upstream.message}") from err
         return b"".join(parts)
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         if target not in self._channels:
-            self._channels[target] = grpc.aio.insecure_channel(target, options=channel_options(client=True))
+            self._channels[target] = aio_channel(target, self.tls, channel_options(client=True))
         return self._channels[target]
 
     async def close(self) -> None:

@@ -1,7 +1,8 @@
 """Chat messages + per-image token counts -> prompt token ids, InternVL style.
 
-The checkpoint's chat template renders each image as one `<IMG_CONTEXT>`; we expand image i
-into `<img>` + `<IMG_CONTEXT>` x n_i + `</img>`, where n_i comes from the image's
+The checkpoint's template (`prompt_template`: an original-layout checkpoint's `conversation.py`
+template, an HF-native one's jinja chat template) renders each image as one `<IMG_CONTEXT>`; we
+expand image i into `<img>` + `<IMG_CONTEXT>` x n_i + `</img>`, where n_i comes from the image's
 EmbeddingRef (sum of its tiles' tokens: 256 each, 64 for a router-compressed tile).
 
 A video is its sampled frames, each an image of one tile, rendered as the InternVL model cards
@@ -10,12 +11,12 @@ template puts the newline after each image)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from dvd.errors import InvalidRequest
 from dvd.types import ImagePart, Message, TextPart, VideoPart
+from language_service.prompt_template import CHECKPOINT, resolve_template
 
 ROLES = ("system", "user", "assistant")
 IMAGE_TOKENS = {"start": "<img>", "end": "</img>", "context": "<IMG_CONTEXT>"}
@@ -30,13 +31,16 @@ class Prompt:
 
 
 class PromptBuilder:
-    """Owns the tokenizer's chat template and the image special tokens."""
+    """Owns the prompt template (`chat_template`: see `prompt_template.resolve_template`) and the
+    image special tokens."""
 
-    def __init__(self, tokenizer, checkpoint_dir: Path) -> None:
+    def __init__(self, tokenizer, checkpoint_dir: Path, chat_template: str = CHECKPOINT) -> None:
         self.tokenizer = tokenizer
-        self.chat_template = tokenizer.chat_template or _template_from_files(checkpoint_dir)
-        if not self.chat_template:
-            raise ValueError(f"{checkpoint_dir} has no chat template")
+        self.template = resolve_template(chat_template, checkpoint_dir, tokenizer)
+        probe = self.template.render([{"role": "user", "content": [{"type": "image"}]}])
+        if probe.count(IMAGE_TOKENS["context"]) != 1:
+            raise ValueError(f"chat template {self.template.name!r} does not write an image part as one "
+                             f"{IMAGE_TOKENS['context']}")
         ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in IMAGE_TOKENS.items()}
         if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids.values():
             raise ValueError(f"tokenizer lacks the InternVL image tokens {list(IMAGE_TOKENS.values())}")
@@ -44,10 +48,7 @@ class PromptBuilder:
 
     def build(self, messages: list[Message], image_tokens: list[int]) -> Prompt:
         """image_tokens[i]: LLM tokens of image i. Images appear in the order of ImagePart indices."""
-        rendered = self.tokenizer.apply_chat_template(
-            [self._to_template(m, len(image_tokens)) for m in messages],
-            chat_template=self.chat_template, tokenize=False, add_generation_prompt=True,
-        )
+        rendered = self.template.render([self._to_template(m, len(image_tokens)) for m in messages])
         order = [i for m in messages for p in m.parts for i in _image_indices(p)]
         pieces = rendered.split(IMAGE_TOKENS["context"])
         if len(pieces) - 1 != len(order):
@@ -84,13 +85,3 @@ def _image_indices(part: TextPart | ImagePart | VideoPart) -> tuple[int, ...]:
     if isinstance(part, VideoPart):
         return part.indices
     return (part.index,) if isinstance(part, ImagePart) else ()
-
-
-def _template_from_files(checkpoint_dir: Path) -> str | None:
-    jinja = checkpoint_dir / "chat_template.jinja"
-    if jinja.exists():
-        return jinja.read_text()
-    as_json = checkpoint_dir / "chat_template.json"
-    if as_json.exists():
-        return json.loads(as_json.read_text()).get("chat_template")
-    return None

@@ -22,7 +22,9 @@ SERVICE_NAME = language_pb2.DESCRIPTOR.services_by_name["LanguageDecoder"].full_
 
 async def serve(cfg: LanguageConfig) -> None:
     service = GrpcService([SERVICE_NAME])
-    port = service.bind(cfg.host, cfg.port)
+    port = service.bind(cfg.host, cfg.port, cfg.tls)
+    if cfg.health_port:
+        service.bind_health(cfg.host, cfg.health_port)
     registry = new_registry()
     core = LanguageCore(cfg, resolve_checkpoint(cfg.model), registry=registry)
     language_pb2_grpc.add_LanguageDecoderServicer_to_server(LanguageServicer(core), service.server)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
-
 from dvd import convert
+from dvd.identity import new_request_id
 from language_service.core import LanguageCore
 from protos.v1 import language_pb2, language_pb2_grpc
 
 
 class LanguageServicer(language_pb2_grpc.LanguageDecoderServicer):
+    """`LanguageDecoder`: Generate (server-streamed deltas), Abort by request id, Info."""
+
     def __init__(self, core: LanguageCore) -> None:
         self.core = core
 
     async def Generate(self, request, context):
-        request_id = request.request_id or uuid.uuid4().hex
+        request_id = request.request_id or new_request_id()  # a direct caller; the gateway sends its own
         deltas = self.core.generate(
             request_id=request_id,
             messages=convert.messages_from_pb(request.messages),

@@ -15,6 +15,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from dvd.tls import TlsFiles, sync_channel
+
 VISION_SERVICE = "dvd.v1.VisionEncoder"
 LANGUAGE_SERVICE = "dvd.v1.LanguageDecoder"
 GATEWAY_SERVICE = "dvd.v1.Gateway"
@@ -39,6 +41,7 @@ class StackOptions:
     device: str = "auto"
     dtype: str = "auto"
     redis_url: str = ""  # shared embedding cache for the vision pool and the gateway
+    chat_template: str = "checkpoint"  # the language processes' --chat-template
     # CPUs each role's processes are pinned to (their `--cpus`); empty: wherever the OS puts them
     vision_cpus: tuple[int, ...] = ()
     language_cpus: tuple[int, ...] = ()
@@ -53,6 +56,12 @@ class StackOptions:
     gateway_args: list[str] = field(default_factory=list)
     log_dir: Path | None = None  # each process logs to <name>.log here; None: inherit stdout/stderr
     ready_timeout_s: float = 900.0
+    # mTLS on the internal hops (gateway -> pools, language -> vision): one PEM certificate and
+    # key every service both serves and presents, and the CA that signed it; the gateway's public
+    # ports (gRPC and REST) then serve TLS with the same certificate. Empty: plaintext.
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @dataclass
@@ -75,7 +84,7 @@ class LocalStack:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.opts.host}:{self.rest_port}/v1"
+        return f"{'https' if self.opts.tls_cert else 'http'}://{self.opts.host}:{self.rest_port}/v1"
 
     @property
     def grpc_target(self) -> str:
@@ -93,6 +102,8 @@ class LocalStack:
             gateway_args += [a for t in self.vision_targets for a in ("--vision", t)]
             gateway_args += [a for t in self.language_targets for a in ("--language", t)]
             gateway_args += ["--redis", self.opts.redis_url] if self.opts.redis_url else []
+            gateway_args += self._tls_args("pool-tls")
+            gateway_args += ["--tls-cert", self.opts.tls_cert, "--tls-key", self.opts.tls_key] if self.opts.tls_cert else []
             self._spawn("gateway", "gateway", gateway_args + self.opts.gateway_args, GATEWAY_SERVICE,
                         f"{self.opts.host}:{self.grpc_port}")
             self._wait_ready()
@@ -123,12 +134,14 @@ class LocalStack:
 
     def _start_pools(self) -> None:
         common = ["--model", str(self.opts.checkpoint), "--host", self.opts.host,
-                  "--device", self.opts.device, "--dtype", self.opts.dtype]
+                  "--device", self.opts.device, "--dtype", self.opts.dtype] + self._tls_args("tls")
+        template = ["--chat-template", self.opts.chat_template]
         if self.opts.monolithic:
             port = free_port(self.opts.host)
             target = f"{self.opts.host}:{port}"
             metrics = ["--metrics-port", str(free_port(self.opts.host))]
-            self._spawn("monolithic", "stack.monolithic", common + ["--port", str(port)] + metrics, LANGUAGE_SERVICE, target)
+            self._spawn("monolithic", "stack.monolithic", common + ["--port", str(port)] + metrics + template,
+                        LANGUAGE_SERVICE, target)
             self.vision_targets, self.language_targets = [target], [target]
             return
         redis = ["--redis", self.opts.redis_url] if self.opts.redis_url else []
@@ -144,8 +157,17 @@ class LocalStack:
             self.language_targets.append(f"{self.opts.host}:{port}")
             metrics = ["--metrics-port", str(free_port(self.opts.host))]  # replicas share a host: no fixed port
             self._spawn(f"language-{i}", "language_service",
-                        common + ["--port", str(port)] + metrics + self.opts.language_args,
+                        common + ["--port", str(port)] + metrics + template + redis + self._tls_args("fetch-tls")
+                        + self.opts.language_args,
                         LANGUAGE_SERVICE, self.language_targets[-1])
+
+    def _tls_args(self, prefix: str) -> list[str]:
+        """Flags for the internal mTLS: `tls` = a server's, `pool-tls` / `fetch-tls` = a client's."""
+        if not self.opts.tls_cert:
+            return []
+        ca = "client-ca" if prefix == "tls" else "ca"
+        return [f"--{prefix}-cert", self.opts.tls_cert, f"--{prefix}-key", self.opts.tls_key,
+                f"--{prefix}-{ca}", self.opts.tls_ca]
 
     def _spawn(self, name: str, module: str, args: list[str], service: str, target: str) -> None:
         out = None
@@ -162,13 +184,13 @@ class LocalStack:
         if "--metrics-port" in args:
             metrics_url = f"http://{self.opts.host}:{args[args.index('--metrics-port') + 1]}/metrics"
         elif module == "gateway":
-            metrics_url = f"http://{self.opts.host}:{self.rest_port}/metrics"
+            metrics_url = f"{self.base_url.rsplit('/', 1)[0]}/metrics"
         self.procs.append(_Proc(name, popen, target, service, metrics_url))
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.opts.ready_timeout_s
         for proc in self.procs:
-            with grpc.insecure_channel(proc.target) as channel:
+            with sync_channel(proc.target, TlsFiles(self.opts.tls_cert, self.opts.tls_key, self.opts.tls_ca)) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 while not _serving(stub, proc.service):
                     if proc.popen.poll() is not None:

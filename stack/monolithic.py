@@ -10,7 +10,7 @@ import logging
 
 from dvd.checkpoint import resolve_checkpoint
 from dvd.config import LanguageConfig, VisionConfig
-from dvd.flags import add_common, device_config, setup_logging
+from dvd.flags import add_common, device_config, server_tls, setup_logging
 from dvd.grpc_server import GrpcService
 from dvd.metrics import MetricsServer, new_registry
 from language_service.core import LanguageCore
@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 async def serve(vision_cfg: VisionConfig, language_cfg: LanguageConfig) -> None:
     service = GrpcService([VISION_SERVICE, LANGUAGE_SERVICE])
-    port = service.bind(vision_cfg.host, vision_cfg.port)
+    port = service.bind(vision_cfg.host, vision_cfg.port, vision_cfg.tls)
+    if vision_cfg.health_port:
+        service.bind_health(vision_cfg.host, vision_cfg.health_port)
     checkpoint = resolve_checkpoint(vision_cfg.model)
     registry = new_registry()
     vision = VisionCore(vision_cfg, checkpoint, location=f"local://{vision_cfg.host}:{port}",
@@ -55,13 +57,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--attn-implementation", default="auto")
     p.add_argument("--max-running-seqs", type=int, default=16)
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: a free one)")
+    p.add_argument("--chat-template", default="checkpoint", help="checkpoint | internvl2_5 | PATH.jinja")
     a = p.parse_args(argv)
     setup_logging(a.log_level)
     device = device_config(a)
     vision_cfg = VisionConfig(model=a.model, host=a.host, port=a.port, device=device, drain_grace_s=a.drain_grace_s,
-                              metrics_port=a.metrics_port)
+                              metrics_port=a.metrics_port, tls=server_tls(a), health_port=a.health_port)
     language_cfg = LanguageConfig(model=a.model, host=a.host, port=a.port, device=device,
-                                  max_running_seqs=a.max_running_seqs, drain_grace_s=a.drain_grace_s)
+                                  max_running_seqs=a.max_running_seqs, drain_grace_s=a.drain_grace_s,
+                                  chat_template=a.chat_template)
     asyncio.run(serve(vision_cfg, language_cfg))
 
 

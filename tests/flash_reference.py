@@ -7,25 +7,24 @@ original tensor names directly: InternViT with its fused qkv, `mlp1`, the router
 (`pooling_before_gating` with its attn2/norm2 reuse, `gating`), `mlp2`, the quantile rule over
 every tile of the request, and the placeholder compression (a compressed tile keeps the first 64
 of its 256 `<IMG_CONTEXT>`). It shares no code with `dvd.checkpoint`'s key map or the vision
-service's modules; preprocessing and the prompt come from transformers' own processor and
-template, and the LLM is transformers' causal LM run through `generate`.
+service's modules. The inputs are what the published `model.chat` feeds that model
+(`tests/model_card.py`): the cards' `load_image` tiling and the `internvl2_5` conversation
+template with its default system message; the LLM is transformers' causal LM run through `generate`.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from dvd.checkpoint import load_processor
+from tests import model_card
 
 TOKENS, COMPRESSED = 256, 64
 
@@ -41,8 +40,7 @@ class FlashReference:
     def __init__(self, checkpoint: Path) -> None:
         self.raw = json.loads((checkpoint / "config.json").read_text())
         self.w = _read_all(checkpoint)
-        self.processor = load_processor(checkpoint)
-        self.tokenizer = self.processor.tokenizer
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
         llm = self.raw["llm_config"]
         config = AutoConfig.for_model(llm["model_type"], **{k: v for k, v in llm.items() if k != "model_type"})
@@ -119,17 +117,18 @@ class FlashReference:
     # --- the whole model ----------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, conversation: list[dict], images: list[bytes], max_new_tokens: int, vir: str,
-                 frames: bool = False, relative: float | None = None, absolute: float | None = None) -> FlashOutput:
-        """`frames`: every image is a video frame (one tile, no thumbnail)."""
-        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        pil = [Image.open(io.BytesIO(b)) for b in images] or None
-        kwargs = {"max_patches": 1} if frames else {}
-        inputs = self.processor(text=[text], images=pil, return_tensors="pt", **kwargs)
-        ids = inputs["input_ids"][0]
+                 frames: bool = False, relative: float | None = None, absolute: float | None = None,
+                 min_tiles: int = 1, max_tiles: int = 12) -> FlashOutput:
+        """`model.chat` on an HF-form conversation (a leading system turn is `model.system_message`).
+        `frames`: every image is a video frame (one tile, no thumbnail)."""
+        tiles = [model_card.load_image(b, min_num=min_tiles, max_num=1 if frames else max_tiles) for b in images]
+        question, history, system = model_card.chat_args(conversation)
+        query = model_card.model_chat_query(question, history or None, [len(t) for t in tiles], system)
+        ids = self.tokenizer(query, return_tensors="pt")["input_ids"][0]
         embeds = self.llm.get_input_embeddings()(ids)  # [N, H]
         compressed, margin = [], float("inf")
-        if pil:
-            tokens = self.vit(inputs["pixel_values"].float())
+        if tiles:
+            tokens = self.vit(torch.cat(tiles))  # [T, 1024, C]
             compressed, margin = self._decide(tokens, vir, relative, absolute)
             feats = [self.project(tokens[i:i + 1], 0.25 if c else 0.5)[0] for i, c in enumerate(compressed)]
             ids, embeds = self._compress_placeholders(ids, embeds, compressed)

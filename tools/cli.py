@@ -35,7 +35,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
         checkpoint=checkpoint, host=a.host, port=a.port, grpc_port=a.grpc_port, monolithic=a.monolithic,
         vision_replicas=a.vision_replicas, language_replicas=a.language_replicas, model_name=a.model_name,
         device=a.device, dtype=a.dtype, redis_url=a.redis, log_dir=Path(a.log_dir) if a.log_dir else None,
-        threads=a.threads, vision_args=_vision_args(a),
+        threads=a.threads, chat_template=a.chat_template, tls_ca=a.tls_ca, tls_cert=a.tls_cert, tls_key=a.tls_key,
+        gateway_args=["--api-keys-file", a.api_keys_file] if a.api_keys_file else [], vision_args=_vision_args(a),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -67,8 +68,8 @@ def _vision_args(a: argparse.Namespace) -> list[str]:
 
 
 def cmd_serve_ray(a: argparse.Namespace, checkpoint: Path | str) -> int:
-    if a.monolithic or a.redis:
-        sys.exit("dvd serve --ray: --monolithic and --redis are for the process stack, not Ray")
+    if a.monolithic or a.redis or a.chat_template != "checkpoint":
+        sys.exit("dvd serve --ray: --monolithic, --redis and --chat-template are for the process stack, not Ray")
     try:
         from stack.ray_serve.local import LocalOptions, serve_forever
     except ImportError as exc:
@@ -107,12 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--model-name", default="internvl", help="the model id clients send")
     sv.add_argument("--device", default="auto")
     sv.add_argument("--dtype", default="auto")
+    sv.add_argument("--chat-template", default="checkpoint",
+                    help="the language pool's prompt template: checkpoint | internvl2_5 | PATH.jinja")
     sv.add_argument("--log-dir", default="", help="write each process's log here instead of the terminal")
     sv.add_argument("--ray", action="store_true", help="run the pools as autoscaling Ray Serve deployments on a "
                     "local Ray (the `ray` extra); REST on --port, gRPC on --grpc-port")
     sv.add_argument("--num-cpus", type=int, default=None, help="--ray: CPUs of the local Ray (default: all)")
     sv.add_argument("--max-vision-replicas", type=int, default=3, help="--ray: the vision pool scales 1..N")
     sv.add_argument("--max-language-replicas", type=int, default=1, help="--ray: the language pool scales 1..N")
+    sv.add_argument("--tls-ca", default="", help="PEM CA: mTLS on every internal hop (with --tls-cert/--tls-key)")
+    sv.add_argument("--tls-cert", default="", help="PEM certificate every service serves and presents; "
+                    "the gateway's public ports serve it too")
+    sv.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
+    sv.add_argument("--api-keys-file", default="", help="gateway API keys, one `KEY [TENANT]` a line")
     sv.set_defaults(func=cmd_serve)
     add_bench_parsers(sub.add_parser("bench", help="benchmarks that print side-by-side ratios"))
     bench_commands.register_plan(sub)

@@ -7,7 +7,7 @@ import argparse
 import asyncio
 
 from dvd.config import VisionConfig
-from dvd.flags import add_common, device_config, setup_logging
+from dvd.flags import add_common, add_redis, client_tls, device_config, read_secret, server_tls, setup_logging
 from dvd.types import Codec, Compression, VirMode
 from vision_service.server import serve
 
@@ -43,7 +43,7 @@ def parse_config(argv: list[str] | None = None) -> VisionConfig:
     p.add_argument("--store-ttl-s", type=float, default=600.0)
     p.add_argument("--linger-s", type=float, default=5.0,
                    help="after SIGTERM, keep serving embedding fetches this long before draining")
-    p.add_argument("--redis", default="", help="redis://host:port/db: also publish embeddings there (shared cache)")
+    add_redis(p, "also publish embeddings there (shared cache)")
     a = p.parse_args(argv)
     setup_logging(a.log_level)
     return VisionConfig(
@@ -57,6 +57,8 @@ def parse_config(argv: list[str] | None = None) -> VisionConfig:
         preprocess_workers=a.preprocess_workers, fast_decode=a.fast_decode,
         max_queue_images=a.max_queue_images, store_max_bytes=a.store_max_mib * 1024 * 1024,
         store_ttl_s=a.store_ttl_s, redis_url=a.redis, linger_s=a.linger_s, drain_grace_s=a.drain_grace_s,
+        tls=server_tls(a), health_port=a.health_port, redis_tls=client_tls(a, "redis-tls"),
+        redis_password=read_secret(a.redis_password_file),
     )
 
 

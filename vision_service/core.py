@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import logging
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from dvd import codec as codecs
 from dvd.cache_key import cache_namespace, content_key, route_key
+from dvd.checkpoint import checkpoint_layout
 from dvd.config import VisionConfig
 from dvd.devices import describe, resolve_device, resolve_dtype
 from dvd.errors import InvalidRequest, ModelNotFound, NotFound, Unavailable
@@ -26,10 +29,12 @@ from dvd.types import Codec, EmbeddingRef, EncodeResult, RouteResult, StageTimin
 from vision_service.batcher import TileBatcher
 from vision_service.encoder import TileEncoder, TileFeatures, VirPlan
 from vision_service.metrics import VisionMetrics
-from vision_service.preprocess import ImageDecodeError, ImageTiles, ResolvedTiling
+from vision_service.preprocess import ImageDecodeError, ImageTiles, ResolvedTiling, preprocess_pixels
 from vision_service.preprocess_pool import PreprocessPool, default_workers
 from vision_service.route_cache import RouteCache
 from vision_service.routing import RouterPolicy
+from vision_service.tiling_card import NAME as CARD_TILING
+from vision_service.tiling_card import preprocess_pixels_card
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +64,17 @@ class VisionCore:
         self.encoder: TileEncoder | None = None
         self.router: RouterPolicy | None = None
         self.batcher: TileBatcher | None = None
-        self.preprocessing: PreprocessPool | None = None
+        self.preprocess_pool: PreprocessPool | None = None
         self.max_batch_tiles = cfg.max_batch_tiles
         self.routes = RouteCache(cfg.route_cache_bytes, cfg.route_grid_ttl_s, cfg.store_ttl_s)
         self.default_codec: Codec = cfg.codec or Codec.FP32
         self.cache_namespace = ""
-        self.redis = RedisStore(cfg.redis_url, cfg.store_ttl_s, cfg.redis_chunk_bytes) if cfg.redis_url else None
+        # The layout decides the preprocessing: original = the model cards', HF-native = transformers'.
+        original = checkpoint_layout(checkpoint_dir).original
+        self.preprocessing = CARD_TILING if original else "hf-processor"
+        self._preprocess_fn = preprocess_pixels_card if original else preprocess_pixels
+        self.redis = RedisStore(cfg.redis_url, cfg.store_ttl_s, cfg.redis_chunk_bytes, tls=cfg.redis_tls,
+                                password=cfg.redis_password) if cfg.redis_url else None
         self._encoding: dict[str, asyncio.Task[EncodeResult]] = {}  # content key -> its encode in flight
 
     def load(self) -> None:
@@ -74,18 +84,24 @@ class VisionCore:
         self.encoder = TileEncoder(str(self.checkpoint_dir), device, dtype)
         self.max_batch_tiles = self.cfg.max_batch_tiles or AUTO_BATCH_TILES.get(device.type, GPU_BATCH_TILES)
         self.encoder.warmup()
-        self.preprocessing = PreprocessPool(self.cfg.preprocess_workers or default_workers(), self.cfg.max_image_pixels,
-                                            self.cfg.fast_decode, pin_memory=device.type == "cuda")
+        self.preprocess_pool = PreprocessPool(self._preprocess_fn, self.cfg.preprocess_workers or default_workers(),
+                                              self.cfg.max_image_pixels, self.cfg.fast_decode,
+                                              pin_memory=device.type == "cuda")
         self.router = RouterPolicy(self.cfg, self.encoder)
         # Ship features in the compute dtype unless told otherwise: lossless, and what DvD does.
         self.default_codec = self.cfg.codec or _CODEC_FOR_DTYPE[str(dtype)]
-        # Reduced-size JPEG decoding changes the pixels, so it changes the embeddings' key too.
+        # The model id already differs per checkpoint (so per layout); the preprocessing name also
+        # keeps apart the entries of replicas that preprocess the same checkpoint differently
+        # (a shared Redis during an upgrade across a preprocessing change). Reduced-size JPEG
+        # decoding changes the pixels, so it is part of that name.
         decoding = "|fast-decode" if self.cfg.fast_decode else ""
-        self.cache_namespace = cache_namespace(self.model_id, self.default_codec, self.cfg.compression, self.cfg.min_tiles,
-                                         self.cfg.max_tiles, self.cfg.use_thumbnail, self.router.key_text() + decoding)
-        log.info("vision model %s loaded on %s, %d torch threads, %d preprocessing workers%s, normalisation by %s",
-                 self.model_id, describe(device, dtype), torch.get_num_threads(), self.preprocessing.workers,
-                 " (fast JPEG decode)" if self.cfg.fast_decode else "", self.encoder.normalizer.method)
+        self.cache_namespace = cache_namespace(f"{self.model_id}|{self.preprocessing}{decoding}", self.default_codec,
+                                               self.cfg.compression, self.cfg.min_tiles, self.cfg.max_tiles,
+                                               self.cfg.use_thumbnail, self.router.key_text())
+        log.info("vision model %s loaded on %s, %d torch threads; %s preprocessing in %d workers%s, normalisation "
+                 "by %s", self.model_id, describe(device, dtype), torch.get_num_threads(), self.preprocessing,
+                 self.preprocess_pool.workers, " (fast JPEG decode)" if self.cfg.fast_decode else "",
+                 self.encoder.normalizer.method)
 
     def start(self) -> None:
         if self.encoder is None:
@@ -98,16 +114,20 @@ class VisionCore:
     async def stop(self) -> None:
         if self.batcher is not None:
             await self.batcher.stop()
-        if self.preprocessing is not None:
-            self.preprocessing.close()
+        if self.preprocess_pool is not None:
+            self.preprocess_pool.close()
         if self.redis is not None:
             await self.redis.close()
 
     async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions,
-                     codec: Codec | None, model_id: str) -> EncodeResult:
+                     codec: Codec | None, model_id: str, scope: str = "") -> EncodeResult:
+        """One image to a stored embedding and its ref. A content-key hit in the store skips the
+        ViT; a request for an image already being encoded joins that encode instead of running
+        its own. `scope` (a tenant's) enters the key: hits never cross tenants. Raises
+        InvalidRequest (bad image, tiling or model) and ResourceExhausted (queue)."""
         options = self._check(image, tiling, model_id)
         plan = self.router.plan(vir)
-        key = content_key(image, tiling, vir, codec, self.cache_namespace, self.default_codec)
+        key = content_key(image, tiling, vir, codec, self.cache_namespace, self.default_codec, scope)
         self.metrics.in_flight.inc()
         try:
             cached = await self._lookup(key)
@@ -117,7 +137,7 @@ class VisionCore:
             if key in self._encoding:
                 return await self._join(self._encoding[key])
             self.metrics.cache_misses.inc()
-            grid_key = route_key(image, tiling, self.cache_namespace) if plan.group else ""
+            grid_key = route_key(image, tiling, self.cache_namespace, scope) if plan.group else ""
             task = asyncio.create_task(self._encode_miss(key, image, options, plan, codec or self.default_codec,
                                                          grid_key))
             self._encoding[key] = task
@@ -139,12 +159,12 @@ class VisionCore:
         self.metrics.cache_hits.inc()
         return EncodeResult(result.ref, StageTimings(queue_ns=time.perf_counter_ns() - started), True, result.num_tiles)
 
-    async def route(self, image: bytes, tiling: TilingOptions, model_id: str) -> RouteResult:
+    async def route(self, image: bytes, tiling: TilingOptions, model_id: str, scope: str = "") -> RouteResult:
         """ViT + router only: each tile's compress score. The ViT grid stays here (briefly) for the
         `encode` of the same image that follows, so the ViT runs once per tile."""
         options = self._check(image, tiling, model_id)
         self.router.require_router()
-        key = route_key(image, tiling, self.cache_namespace)
+        key = route_key(image, tiling, self.cache_namespace, scope)
         entry = self.routes.get(key)
         if entry is not None:
             return RouteResult(tuple(entry.scores.float().tolist()), StageTimings(), True)
@@ -191,6 +211,7 @@ class VisionCore:
             key=key, location=self.location, tile_tokens=output.tile_tokens,
             codec=codec, shape=(features.shape[0], features.shape[1]), num_bytes=len(blob),
             checksum=codecs.checksum(blob), model_id=self.model_id, compression=self.cfg.compression,
+            access_token=secrets.token_urlsafe(18),
         )
         if not self.store.put(ref, blob):
             raise InvalidRequest(f"image embeddings ({len(blob)} bytes) exceed the store's capacity")
@@ -214,7 +235,7 @@ class VisionCore:
 
     async def _preprocess(self, image: bytes, options: ResolvedTiling) -> ImageTiles:
         try:
-            return await self.preprocessing.run(image, options)
+            return await self.preprocess_pool.run(image, options)
         except ImageDecodeError as exc:
             raise InvalidRequest(f"cannot decode image: {exc}") from exc
 
@@ -231,7 +252,7 @@ class VisionCore:
         """Also publish to Redis when configured; this replica's memory stays the fallback."""
         if self.redis is None:
             return ref
-        shared = dataclasses.replace(ref, location=self.redis.url, fallback_location=self.location)
+        shared = dataclasses.replace(ref, location=self.redis.location, fallback_location=self.location)
         try:
             await self.redis.put(shared, blob)
         except StoreUnavailable as exc:
@@ -239,10 +260,11 @@ class VisionCore:
             return ref
         return shared
 
-    def chunks(self, key: str) -> Iterator[tuple[int, bytes, int]]:
-        """(offset, bytes, total) pieces of a stored blob, for FetchEmbedding."""
+    def chunks(self, key: str, token: str) -> Iterator[tuple[int, bytes, int]]:
+        """(offset, bytes, total) pieces of a stored blob, for FetchEmbedding. `token` must be
+        the one issued with its ref; a wrong one reads as a missing key (no oracle)."""
         entry = self.store.get(key)
-        if entry is None:
+        if entry is None or not hmac.compare_digest(entry[0].access_token.encode(), token.encode()):
             raise NotFound(f"embedding {key!r} is not in this replica's store (expired or evicted)")
         blob, step = entry[1], self.cfg.fetch_chunk_bytes
         self.metrics.fetched_bytes.inc(len(blob))

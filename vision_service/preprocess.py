@@ -3,7 +3,9 @@
 The output is bit-identical to transformers' ``GotOcr2ImageProcessorPil`` configured as the
 InternVL3-hf checkpoints configure it (``crop_to_patches=True``, 448x448 tiles, BICUBIC, rescale
 1/255, ImageNet mean/std), because the correctness reference is ``InternVLForConditionalGeneration``
-fed by that processor. Differences from the original InternVL ``dynamic_preprocess`` (model cards):
+fed by that processor; HF-native checkpoints are served with it. Original-layout checkpoints get
+the original InternVL ``dynamic_preprocess`` (model cards) instead, ``tiling_card.py``, which
+differs from this one in:
 
 * Grid ties between grids with the same tile count: the original sorts a ``set`` of grids by tile
   count, so equal-count grids come in set-iteration order ((4, 1), (1, 4), (2, 2) in CPython); HF
@@ -27,6 +29,7 @@ dimensions; that changes pixels (BENCHMARKS.md, "Vision preprocessing"), so it i
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -87,14 +90,16 @@ class PreprocessedImage:
     original_size: tuple[int, int]  # (width, height)
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode image bytes into an RGB PIL image (transparency composited onto white).
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 to_rgb: Callable[[Image.Image], Image.Image] | None = None) -> Image.Image:
+    """Decode image bytes into an RGB PIL image (transparency composited onto white, unless
+    ``to_rgb`` converts it otherwise).
 
     The declared size is checked against ``max_pixels`` before any pixel data is decoded. PIL's
     own guard (``Image.MAX_IMAGE_PIXELS``, errors above ~179 MP) still applies on top of it.
     Raises ImageDecodeError for empty, undecodable, truncated, or too-large images.
     """
-    return _load(_open(data, max_pixels))
+    return _load(_open(data, max_pixels), to_rgb)
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -120,11 +125,11 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def _load(image: Image.Image) -> Image.Image:
+def _load(image: Image.Image, to_rgb: Callable[[Image.Image], Image.Image] | None = None) -> Image.Image:
     width, height = image.size
     try:
         image.load()
-        return _to_rgb(image)
+        return (to_rgb or _to_rgb)(image)
     except Exception as exc:  # truncated or corrupt pixel data surfaces only here
         raise ImageDecodeError(
             f"cannot decode {image.format} image of {width}x{height}: {exc}"
@@ -153,9 +158,10 @@ def choose_grid(width: int, height: int, opts: ResolvedTiling) -> tuple[int, int
     return best_grid
 
 
-def tile_image(image: Image.Image, opts: ResolvedTiling) -> PreprocessedImage:
-    """Resize ``image`` onto the chosen grid, cut it into tiles, add the thumbnail, normalise."""
-    tiles = tile_pixels(image, opts)
+def tile_image(image: Image.Image, opts: ResolvedTiling, grid: tuple[int, int] | None = None) -> PreprocessedImage:
+    """Resize ``image`` onto the chosen grid (or ``grid``: (cols, rows)), cut it into tiles, add
+    the thumbnail, normalise."""
+    tiles = tile_pixels(image, opts, grid=grid)
     return PreprocessedImage(
         pixel_values=normalize(tiles.pixels),
         grid=tiles.grid,
@@ -169,8 +175,10 @@ def tile_pixels(
     opts: ResolvedTiling,
     grid_size: tuple[int, int] | None = None,
     pin_memory: bool = False,
+    grid: tuple[int, int] | None = None,
 ) -> ImageTiles:
-    """Resize ``image`` onto the chosen grid, cut it into uint8 tiles, add the thumbnail.
+    """Resize ``image`` onto the chosen grid (or ``grid``: (cols, rows)), cut it into uint8 tiles,
+    add the thumbnail.
 
     ``grid_size`` is the (width, height) the grid is chosen for, when ``image`` was decoded
     smaller than the file it came from (``fast_decode``); ``pin_memory`` puts the tiles in
@@ -178,7 +186,7 @@ def tile_pixels(
     """
     image = _to_rgb(image)
     width, height = grid_size or image.size
-    cols, rows = choose_grid(width, height, opts)
+    cols, rows = grid or choose_grid(width, height, opts)
     size = opts.tile_size
     num_grid_tiles = cols * rows
     num_tiles = num_grid_tiles + (1 if opts.use_thumbnail and num_grid_tiles > 1 else 0)
@@ -213,14 +221,18 @@ def preprocess_pixels(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     fast_decode: bool = False,
     pin_memory: bool = False,
+    to_rgb: Callable[[Image.Image], Image.Image] | None = None,
+    choose: Callable[[int, int, ResolvedTiling], tuple[int, int]] = choose_grid,
 ) -> ImageTiles:
     """Image bytes -> uint8 tiles, the CPU's share of `preprocess` (normalise them on the device
-    with `vision_service.normalize.normalize`). Raises ImageDecodeError for bad or oversized images."""
+    with `vision_service.normalize.normalize`); ``to_rgb`` and ``choose`` (the grid rule) are
+    the model cards' in `tiling_card`. Raises ImageDecodeError for bad or oversized images."""
     image = _open(data, max_pixels)
     original_size = image.size
+    grid = choose(*original_size, opts)
     if fast_decode:
-        _draft(image, choose_grid(*original_size, opts), opts.tile_size)
-    return tile_pixels(_load(image), opts, original_size, pin_memory)
+        _draft(image, grid, opts.tile_size)
+    return tile_pixels(_load(image, to_rgb), opts, original_size, pin_memory, grid)
 
 
 def _draft(image: Image.Image, grid: tuple[int, int], tile_size: int) -> None:

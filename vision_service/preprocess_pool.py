@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from vision_service.preprocess import ImageTiles, ResolvedTiling, preprocess_pixels
+from vision_service.preprocess import ImageTiles, ResolvedTiling
 
 
 def default_workers() -> int:
@@ -28,11 +29,14 @@ def default_workers() -> int:
 
 
 class PreprocessPool:
-    """`await run(image bytes, tiling)` -> uint8 tiles, in one of `workers` threads."""
+    """`await run(image bytes, tiling)` -> uint8 tiles, in one of `workers` threads. `preprocess` is
+    `preprocess_pixels` or the model cards' `preprocess_pixels_card`, by the checkpoint's layout."""
 
-    def __init__(self, workers: int, max_pixels: int, fast_decode: bool = False, pin_memory: bool = False) -> None:
+    def __init__(self, preprocess: Callable[..., ImageTiles], workers: int, max_pixels: int, fast_decode: bool = False,
+                 pin_memory: bool = False) -> None:
         if workers < 1:
             raise ValueError(f"need at least one preprocessing worker, got {workers}")
+        self.preprocess = preprocess
         self.workers = workers
         self.max_pixels = max_pixels
         self.fast_decode = fast_decode
@@ -42,7 +46,7 @@ class PreprocessPool:
     async def run(self, image: bytes, tiling: ResolvedTiling) -> ImageTiles:
         """Raises ImageDecodeError for bad or oversized images."""
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, preprocess_pixels, image, tiling, self.max_pixels, self.fast_decode, self.pin_memory)
+            self._executor, self.preprocess, image, tiling, self.max_pixels, self.fast_decode, self.pin_memory)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -22,7 +22,9 @@ SERVICE_NAME = vision_pb2.DESCRIPTOR.services_by_name["VisionEncoder"].full_name
 
 async def serve(cfg: VisionConfig) -> None:
     service = GrpcService([SERVICE_NAME])
-    port = service.bind(cfg.host, cfg.port)
+    port = service.bind(cfg.host, cfg.port, cfg.tls)
+    if cfg.health_port:
+        service.bind_health(cfg.host, cfg.health_port)
     advertise = cfg.advertise or f"{cfg.host}:{port}"
     registry = new_registry()
     core = VisionCore(cfg, resolve_checkpoint(cfg.model), location=f"grpc://{advertise}",

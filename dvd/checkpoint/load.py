@@ -8,7 +8,9 @@ vision replica never holds the LLM and vice versa, and neither ever materialises
 import json
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from huggingface_hub import is_offline_mode, snapshot_download
@@ -51,21 +53,48 @@ def resolve_checkpoint(path_or_id: str | Path) -> Path:
         ) from exc
 
 
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """What the on-disk layout decides beyond the tensors: how prompts and images are prepared.
+
+    The original layout is served as the published `model.chat` serves it (its config.json's
+    conversation template, the model cards' `dynamic_preprocess`); an HF-native one as
+    transformers' InternVLProcessor does (the tokenizer's chat template, GotOcr2 tiling)."""
+
+    original: bool  # the InternVLChatModel layout (else HF-native InternVLForConditionalGeneration)
+    template: str | None  # original layout: the `conversation.py` template config.json names
+
+
+def checkpoint_layout(ckpt: str | Path) -> CheckpointLayout:
+    """The layout of a local checkpoint directory, read from its config.json."""
+    raw = _original_raw_config(Path(ckpt))
+    if raw is None:
+        return CheckpointLayout(original=False, template=None)
+    return CheckpointLayout(original=True, template=raw.get("template") or None)
+
+
 def load_model_config(ckpt: str | Path) -> InternVLConfig:
     """The checkpoint's InternVLConfig, with its text_config and vision_config.
 
     An original-layout (InternVLChatModel) config.json is translated, without remote code; its
     Flash fields become `flash_mode` / `flash_relative_threshold` / `flash_absolute_threshold`.
     """
-    config_path = Path(ckpt) / "config.json"
-    if config_path.is_file():
-        raw = json.loads(config_path.read_text())
-        if is_original(raw):
-            return config_from_original(raw, Path(ckpt))
+    raw = _original_raw_config(Path(ckpt))
+    if raw is not None:
+        return config_from_original(raw, Path(ckpt))
     config = AutoConfig.from_pretrained(ckpt)
     if not isinstance(config, InternVLConfig):
         raise CheckpointError(f"{ckpt} holds a {type(config).__name__}, not an HF-native InternVL checkpoint")
     return config
+
+
+def _original_raw_config(ckpt: Path) -> dict[str, Any] | None:
+    """The parsed config.json when it is the original layout's, else None."""
+    config_path = ckpt / "config.json"
+    if not config_path.is_file():
+        return None
+    raw = json.loads(config_path.read_text())
+    return raw if is_original(raw) else None
 
 
 def read_tensors(

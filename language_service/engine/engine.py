@@ -71,6 +71,8 @@ class Engine:
             return self.scheduler.has_work()
 
     def step(self) -> None:
+        """One engine iteration: schedule a batch (policy), run it (one forward), postprocess
+        the sampled tokens (stream deltas, finish or free sequences)."""
         started = time.perf_counter()
         batch = self._schedule()
         sampled = self.runner.run(batch)

@@ -24,31 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/v1/common.proto\x12\x06\x64vd.v1\"W\n\rVirThresholds\x12\x15\n\x08relative\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x61\x62solute\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x0b\n\t_relativeB\x0b\n\t_absolute\"\xff\x01\n\x0c\x45mbeddingRef\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x13\n\x0btile_tokens\x18\x04 \x03(\r\x12\x1c\n\x05\x63odec\x18\x05 \x01(\x0e\x32\r.dvd.v1.Codec\x12\r\n\x05shape\x18\x06 \x03(\r\x12\x11\n\tnum_bytes\x18\x07 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x08 \x01(\t\x12\x10\n\x08model_id\x18\t \x01(\t\x12(\n\x0b\x63ompression\x18\n \x01(\x0e\x32\x13.dvd.v1.Compression\x12\x19\n\x11\x66\x61llback_location\x18\x0b \x01(\t\"c\n\rTilingOptions\x12\x11\n\tmin_tiles\x18\x01 \x01(\r\x12\x11\n\tmax_tiles\x18\x02 \x01(\r\x12\x1a\n\ruse_thumbnail\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x10\n\x0e_use_thumbnail\"\xad\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x42\x07\n\x05_seed\"o\n\x0cStageTimings\x12\x10\n\x08queue_ns\x18\x01 \x01(\x04\x12\x11\n\tencode_ns\x18\x02 \x01(\x04\x12\x13\n\x0btransfer_ns\x18\x03 \x01(\x04\x12\x12\n\nprefill_ns\x18\x04 \x01(\x04\x12\x11\n\tdecode_ns\x18\x05 \x01(\x04\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0cimage_tokens\x18\x03 \x01(\r*r\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x0e\n\nCODEC_FP32\x10\x01\x12\x0e\n\nCODEC_BF16\x10\x02\x12\x0e\n\nCODEC_FP16\x10\x03\x12\x12\n\x0e\x43ODEC_FP8_E4M3\x10\x04\x12\x0e\n\nCODEC_INT8\x10\x05*k\n\x0b\x43ompression\x12\x1b\n\x17\x43OMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x01\x12\x14\n\x10\x43OMPRESSION_ZSTD\x10\x02\x12\x13\n\x0f\x43OMPRESSION_LZ4\x10\x03*Z\n\x07VirMode\x12\x18\n\x14VIR_MODE_UNSPECIFIED\x10\x00\x12\x11\n\rVIR_MODE_AUTO\x10\x01\x12\x10\n\x0cVIR_MODE_OFF\x10\x02\x12\x10\n\x0cVIR_MODE_MAX\x10\x03*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/v1/common.proto\x12\x06\x64vd.v1\"W\n\rVirThresholds\x12\x15\n\x08relative\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x61\x62solute\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x0b\n\t_relativeB\x0b\n\t_absolute\"\x95\x02\n\x0c\x45mbeddingRef\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x13\n\x0btile_tokens\x18\x04 \x03(\r\x12\x1c\n\x05\x63odec\x18\x05 \x01(\x0e\x32\r.dvd.v1.Codec\x12\r\n\x05shape\x18\x06 \x03(\r\x12\x11\n\tnum_bytes\x18\x07 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x08 \x01(\t\x12\x10\n\x08model_id\x18\t \x01(\t\x12(\n\x0b\x63ompression\x18\n \x01(\x0e\x32\x13.dvd.v1.Compression\x12\x19\n\x11\x66\x61llback_location\x18\x0b \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x0c \x01(\t\"c\n\rTilingOptions\x12\x11\n\tmin_tiles\x18\x01 \x01(\r\x12\x11\n\tmax_tiles\x18\x02 \x01(\r\x12\x1a\n\ruse_thumbnail\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x10\n\x0e_use_thumbnail\"\xad\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x42\x07\n\x05_seed\"o\n\x0cStageTimings\x12\x10\n\x08queue_ns\x18\x01 \x01(\x04\x12\x11\n\tencode_ns\x18\x02 \x01(\x04\x12\x13\n\x0btransfer_ns\x18\x03 \x01(\x04\x12\x12\n\nprefill_ns\x18\x04 \x01(\x04\x12\x11\n\tdecode_ns\x18\x05 \x01(\x04\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0cimage_tokens\x18\x03 \x01(\r*r\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x0e\n\nCODEC_FP32\x10\x01\x12\x0e\n\nCODEC_BF16\x10\x02\x12\x0e\n\nCODEC_FP16\x10\x03\x12\x12\n\x0e\x43ODEC_FP8_E4M3\x10\x04\x12\x0e\n\nCODEC_INT8\x10\x05*k\n\x0b\x43ompression\x12\x1b\n\x17\x43OMPRESSION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x01\x12\x14\n\x10\x43OMPRESSION_ZSTD\x10\x02\x12\x13\n\x0f\x43OMPRESSION_LZ4\x10\x03*Z\n\x07VirMode\x12\x18\n\x14VIR_MODE_UNSPECIFIED\x10\x00\x12\x11\n\rVIR_MODE_AUTO\x10\x01\x12\x10\n\x0cVIR_MODE_OFF\x10\x02\x12\x10\n\x0cVIR_MODE_MAX\x10\x03*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CODEC']._serialized_start=852
-  _globals['_CODEC']._serialized_end=966
-  _globals['_COMPRESSION']._serialized_start=968
-  _globals['_COMPRESSION']._serialized_end=1075
-  _globals['_VIRMODE']._serialized_start=1077
-  _globals['_VIRMODE']._serialized_end=1167
-  _globals['_FINISHREASON']._serialized_start=1169
-  _globals['_FINISHREASON']._serialized_end=1289
+  _globals['_CODEC']._serialized_start=874
+  _globals['_CODEC']._serialized_end=988
+  _globals['_COMPRESSION']._serialized_start=990
+  _globals['_COMPRESSION']._serialized_end=1097
+  _globals['_VIRMODE']._serialized_start=1099
+  _globals['_VIRMODE']._serialized_end=1189
+  _globals['_FINISHREASON']._serialized_start=1191
+  _globals['_FINISHREASON']._serialized_end=1311
   _globals['_VIRTHRESHOLDS']._serialized_start=34
   _globals['_VIRTHRESHOLDS']._serialized_end=121
   _globals['_EMBEDDINGREF']._serialized_start=124
-  _globals['_EMBEDDINGREF']._serialized_end=379
-  _globals['_TILINGOPTIONS']._serialized_start=381
-  _globals['_TILINGOPTIONS']._serialized_end=480
-  _globals['_SAMPLINGPARAMS']._serialized_start=483
-  _globals['_SAMPLINGPARAMS']._serialized_end=656
-  _globals['_STAGETIMINGS']._serialized_start=658
-  _globals['_STAGETIMINGS']._serialized_end=769
-  _globals['_USAGE']._serialized_start=771
-  _globals['_USAGE']._serialized_end=850
+  _globals['_EMBEDDINGREF']._serialized_end=401
+  _globals['_TILINGOPTIONS']._serialized_start=403
+  _globals['_TILINGOPTIONS']._serialized_end=502
+  _globals['_SAMPLINGPARAMS']._serialized_start=505
+  _globals['_SAMPLINGPARAMS']._serialized_end=678
+  _globals['_STAGETIMINGS']._serialized_start=680
+  _globals['_STAGETIMINGS']._serialized_end=791
+  _globals['_USAGE']._serialized_start=793
+  _globals['_USAGE']._serialized_end=872
 # @@protoc_insertion_point(module_scope)

@@ -64,7 +64,7 @@ class VirThresholds(_message.Message):
     def __init__(self, relative: _Optional[float] = ..., absolute: _Optional[float] = ...) -> None: ...
 
 class EmbeddingRef(_message.Message):
-    __slots__ = ("key", "location", "num_tokens", "tile_tokens", "codec", "shape", "num_bytes", "checksum", "model_id", "compression", "fallback_location")
+    __slots__ = ("key", "location", "num_tokens", "tile_tokens", "codec", "shape", "num_bytes", "checksum", "model_id", "compression", "fallback_location", "access_token")
     KEY_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class EmbeddingRef(_message.Message):
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_LOCATION_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     key: str
     location: str
     num_tokens: int
@@ -87,7 +88,8 @@ class EmbeddingRef(_message.Message):
     model_id: str
     compression: Compression
     fallback_location: str
-    def __init__(self, key: _Optional[str] = ..., location: _Optional[str] = ..., num_tokens: _Optional[int] = ..., tile_tokens: _Optional[_Iterable[int]] = ..., codec: _Optional[_Union[Codec, str]] = ..., shape: _Optional[_Iterable[int]] = ..., num_bytes: _Optional[int] = ..., checksum: _Optional[str] = ..., model_id: _Optional[str] = ..., compression: _Optional[_Union[Compression, str]] = ..., fallback_location: _Optional[str] = ...) -> None: ...
+    access_token: str
+    def __init__(self, key: _Optional[str] = ..., location: _Optional[str] = ..., num_tokens: _Optional[int] = ..., tile_tokens: _Optional[_Iterable[int]] = ..., codec: _Optional[_Union[Codec, str]] = ..., shape: _Optional[_Iterable[int]] = ..., num_bytes: _Optional[int] = ..., checksum: _Optional[str] = ..., model_id: _Optional[str] = ..., compression: _Optional[_Union[Compression, str]] = ..., fallback_location: _Optional[str] = ..., access_token: _Optional[str] = ...) -> None: ...
 
 class TilingOptions(_message.Message):
     __slots__ = ("min_tiles", "max_tiles", "use_thumbnail")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.v1 import common_pb2 as protos_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/v1/vision.proto\x12\x06\x64vd.v1\x1a\x16protos/v1/common.proto\"\xf0\x01\n\rEncodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12%\n\x06tiling\x18\x03 \x01(\x0b\x32\x15.dvd.v1.TilingOptions\x12\x1c\n\x03vir\x18\x04 \x01(\x0e\x32\x0f.dvd.v1.VirMode\x12\x1c\n\x05\x63odec\x18\x05 \x01(\x0e\x32\r.dvd.v1.Codec\x12\x10\n\x08model_id\x18\x06 \x01(\t\x12-\n\x0evir_thresholds\x18\x07 \x01(\x0b\x32\x15.dvd.v1.VirThresholds\x12\x18\n\x10vir_group_scores\x18\x08 \x03(\x02\"\x80\x01\n\x0e\x45ncodeResponse\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.dvd.v1.EmbeddingRef\x12%\n\x07timings\x18\x02 \x01(\x0b\x32\x14.dvd.v1.StageTimings\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\x12\x11\n\tnum_tiles\x18\x04 \x01(\r\"j\n\x0cRouteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12%\n\x06tiling\x18\x03 \x01(\x0b\x32\x15.dvd.v1.TilingOptions\x12\x10\n\x08model_id\x18\x04 \x01(\t\"b\n\rRouteResponse\x12\x17\n\x0f\x63ompress_scores\x18\x01 \x03(\x02\x12%\n\x07timings\x18\x02 \x01(\x0b\x32\x14.dvd.v1.StageTimings\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\"8\n\x15\x46\x65tchEmbeddingRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"C\n\x0e\x45mbeddingChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"\x13\n\x11VisionInfoRequest\"\xcf\x02\n\nVisionInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0bhidden_size\x18\x02 \x01(\r\x12\x11\n\ttile_size\x18\x03 \x01(\r\x12\x17\n\x0ftokens_per_tile\x18\x04 \x01(\r\x12\x1c\n\x05\x63odec\x18\x05 \x01(\x0e\x32\r.dvd.v1.Codec\x12\x17\n\x0fmax_batch_tiles\x18\x06 \x01(\r\x12\x12\n\nhas_router\x18\x07 \x01(\x08\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x14\n\x0cweight_bytes\x18\t \x01(\x04\x12\x17\n\x0f\x63\x61\x63he_namespace\x18\n \x01(\t\x12$\n\x0b\x64\x65\x66\x61ult_vir\x18\x0b \x01(\x0e\x32\x0f.dvd.v1.VirMode\x12\x1e\n\x16vir_relative_threshold\x18\x0c \x01(\x01\x12\x1e\n\x16vir_absolute_threshold\x18\r \x01(\x01\x32\x80\x02\n\rVisionEncoder\x12\x37\n\x06\x45ncode\x12\x15.dvd.v1.EncodeRequest\x1a\x16.dvd.v1.EncodeResponse\x12\x34\n\x05Route\x12\x14.dvd.v1.RouteRequest\x1a\x15.dvd.v1.RouteResponse\x12I\n\x0e\x46\x65tchEmbedding\x12\x1d.dvd.v1.FetchEmbeddingRequest\x1a\x16.dvd.v1.EmbeddingChunk0\x01\x12\x35\n\x04Info\x12\x19.dvd.v1.VisionInfoRequest\x1a\x12.dvd.v1.VisionInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/v1/vision.proto\x12\x06\x64vd.v1\x1a\x16protos/v1/common.proto\"\x85\x02\n\rEncodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12%\n\x06tiling\x18\x03 \x01(\x0b\x32\x15.dvd.v1.TilingOptions\x12\x1c\n\x03vir\x18\x04 \x01(\x0e\x32\x0f.dvd.v1.VirMode\x12\x1c\n\x05\x63odec\x18\x05 \x01(\x0e\x32\r.dvd.v1.Codec\x12\x10\n\x08model_id\x18\x06 \x01(\t\x12-\n\x0evir_thresholds\x18\x07 \x01(\x0b\x32\x15.dvd.v1.VirThresholds\x12\x18\n\x10vir_group_scores\x18\x08 \x03(\x02\x12\x13\n\x0b\x63\x61\x63he_scope\x18\t \x01(\t\"\x80\x01\n\x0e\x45ncodeResponse\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.dvd.v1.EmbeddingRef\x12%\n\x07timings\x18\x02 \x01(\x0b\x32\x14.dvd.v1.StageTimings\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\x12\x11\n\tnum_tiles\x18\x04 \x01(\r\"\x7f\n\x0cRouteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12%\n\x06tiling\x18\x03 \x01(\x0b\x32\x15.dvd.v1.TilingOptions\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x13\n\x0b\x63\x61\x63he_scope\x18\x05 \x01(\t\"b\n\rRouteResponse\x12\x17\n\x0f\x63ompress_scores\x18\x01 \x03(\x02\x12%\n\x07timings\x18\x02 \x01(\x0b\x32\x14.dvd.v1.StageTimings\x12\x11\n\tcache_hit\x18\x03 \x01(\x08\"N\n\x15\x46\x65tchEmbeddingRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x03 \x01(\t\"C\n\x0e\x45mbeddingChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"\x13\n\x11VisionInfoRequest\"\xcf\x02\n\nVisionInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0bhidden_size\x18\x02 \x01(\r\x12\x11\n\ttile_size\x18\x03 \x01(\r\x12\x17\n\x0ftokens_per_tile\x18\x04 \x01(\r\x12\x1c\n\x05\x63odec\x18\x05 \x01(\x0e\x32\r.dvd.v1.Codec\x12\x17\n\x0fmax_batch_tiles\x18\x06 \x01(\r\x12\x12\n\nhas_router\x18\x07 \x01(\x08\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x14\n\x0cweight_bytes\x18\t \x01(\x04\x12\x17\n\x0f\x63\x61\x63he_namespace\x18\n \x01(\t\x12$\n\x0b\x64\x65\x66\x61ult_vir\x18\x0b \x01(\x0e\x32\x0f.dvd.v1.VirMode\x12\x1e\n\x16vir_relative_threshold\x18\x0c \x01(\x01\x12\x1e\n\x16vir_absolute_threshold\x18\r \x01(\x01\x32\x80\x02\n\rVisionEncoder\x12\x37\n\x06\x45ncode\x12\x15.dvd.v1.EncodeRequest\x1a\x16.dvd.v1.EncodeResponse\x12\x34\n\x05Route\x12\x14.dvd.v1.RouteRequest\x1a\x15.dvd.v1.RouteResponse\x12I\n\x0e\x46\x65tchEmbedding\x12\x1d.dvd.v1.FetchEmbeddingRequest\x1a\x16.dvd.v1.EmbeddingChunk0\x01\x12\x35\n\x04Info\x12\x19.dvd.v1.VisionInfoRequest\x1a\x12.dvd.v1.VisionInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.v1.vision_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENCODEREQUEST']._serialized_start=59
-  _globals['_ENCODEREQUEST']._serialized_end=299
-  _globals['_ENCODERESPONSE']._serialized_start=302
-  _globals['_ENCODERESPONSE']._serialized_end=430
-  _globals['_ROUTEREQUEST']._serialized_start=432
-  _globals['_ROUTEREQUEST']._serialized_end=538
-  _globals['_ROUTERESPONSE']._serialized_start=540
-  _globals['_ROUTERESPONSE']._serialized_end=638
-  _globals['_FETCHEMBEDDINGREQUEST']._serialized_start=640
-  _globals['_FETCHEMBEDDINGREQUEST']._serialized_end=696
-  _globals['_EMBEDDINGCHUNK']._serialized_start=698
-  _globals['_EMBEDDINGCHUNK']._serialized_end=765
-  _globals['_VISIONINFOREQUEST']._serialized_start=767
-  _globals['_VISIONINFOREQUEST']._serialized_end=786
-  _globals['_VISIONINFO']._serialized_start=789
-  _globals['_VISIONINFO']._serialized_end=1124
-  _globals['_VISIONENCODER']._serialized_start=1127
-  _globals['_VISIONENCODER']._serialized_end=1383
+  _globals['_ENCODEREQUEST']._serialized_end=320
+  _globals['_ENCODERESPONSE']._serialized_start=323
+  _globals['_ENCODERESPONSE']._serialized_end=451
+  _globals['_ROUTEREQUEST']._serialized_start=453
+  _globals['_ROUTEREQUEST']._serialized_end=580
+  _globals['_ROUTERESPONSE']._serialized_start=582
+  _globals['_ROUTERESPONSE']._serialized_end=680
+  _globals['_FETCHEMBEDDINGREQUEST']._serialized_start=682
+  _globals['_FETCHEMBEDDINGREQUEST']._serialized_end=760
+  _globals['_EMBEDDINGCHUNK']._serialized_start=762
+  _globals['_EMBEDDINGCHUNK']._serialized_end=829
+  _globals['_VISIONINFOREQUEST']._serialized_start=831
+  _globals['_VISIONINFOREQUEST']._serialized_end=850
+  _globals['_VISIONINFO']._serialized_start=853
+  _globals['_VISIONINFO']._serialized_end=1188
+  _globals['_VISIONENCODER']._serialized_start=1191
+  _globals['_VISIONENCODER']._serialized_end=1447
 # @@protoc_insertion_point(module_scope)

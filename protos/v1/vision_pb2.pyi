@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EncodeRequest(_message.Message):
-    __slots__ = ("request_id", "image", "tiling", "vir", "codec", "model_id", "vir_thresholds", "vir_group_scores")
+    __slots__ = ("request_id", "image", "tiling", "vir", "codec", "model_id", "vir_thresholds", "vir_group_scores", "cache_scope")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TILING_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class EncodeRequest(_message.Message):
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VIR_THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     VIR_GROUP_SCORES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SCOPE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     image: bytes
     tiling: _common_pb2.TilingOptions
@@ -25,7 +26,8 @@ class EncodeRequest(_message.Message):
     model_id: str
     vir_thresholds: _common_pb2.VirThresholds
     vir_group_scores: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, request_id: _Optional[str] = ..., image: _Optional[bytes] = ..., tiling: _Optional[_Union[_common_pb2.TilingOptions, _Mapping]] = ..., vir: _Optional[_Union[_common_pb2.VirMode, str]] = ..., codec: _Optional[_Union[_common_pb2.Codec, str]] = ..., model_id: _Optional[str] = ..., vir_thresholds: _Optional[_Union[_common_pb2.VirThresholds, _Mapping]] = ..., vir_group_scores: _Optional[_Iterable[float]] = ...) -> None: ...
+    cache_scope: str
+    def __init__(self, request_id: _Optional[str] = ..., image: _Optional[bytes] = ..., tiling: _Optional[_Union[_common_pb2.TilingOptions, _Mapping]] = ..., vir: _Optional[_Union[_common_pb2.VirMode, str]] = ..., codec: _Optional[_Union[_common_pb2.Codec, str]] = ..., model_id: _Optional[str] = ..., vir_thresholds: _Optional[_Union[_common_pb2.VirThresholds, _Mapping]] = ..., vir_group_scores: _Optional[_Iterable[float]] = ..., cache_scope: _Optional[str] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
     __slots__ = ("ref", "timings", "cache_hit", "num_tiles")
@@ -40,16 +42,18 @@ class EncodeResponse(_message.Message):
     def __init__(self, ref: _Optional[_Union[_common_pb2.EmbeddingRef, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.StageTimings, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., num_tiles: _Optional[int] = ...) -> None: ...
 
 class RouteRequest(_message.Message):
-    __slots__ = ("request_id", "image", "tiling", "model_id")
+    __slots__ = ("request_id", "image", "tiling", "model_id", "cache_scope")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TILING_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SCOPE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     image: bytes
     tiling: _common_pb2.TilingOptions
     model_id: str
-    def __init__(self, request_id: _Optional[str] = ..., image: _Optional[bytes] = ..., tiling: _Optional[_Union[_common_pb2.TilingOptions, _Mapping]] = ..., model_id: _Optional[str] = ...) -> None: ...
+    cache_scope: str
+    def __init__(self, request_id: _Optional[str] = ..., image: _Optional[bytes] = ..., tiling: _Optional[_Union[_common_pb2.TilingOptions, _Mapping]] = ..., model_id: _Optional[str] = ..., cache_scope: _Optional[str] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
     __slots__ = ("compress_scores", "timings", "cache_hit")
@@ -62,12 +66,14 @@ class RouteResponse(_message.Message):
     def __init__(self, compress_scores: _Optional[_Iterable[float]] = ..., timings: _Optional[_Union[_common_pb2.StageTimings, _Mapping]] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
 
 class FetchEmbeddingRequest(_message.Message):
-    __slots__ = ("key", "request_id")
+    __slots__ = ("key", "request_id", "access_token")
     KEY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     key: str
     request_id: str
-    def __init__(self, key: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    access_token: str
+    def __init__(self, key: _Optional[str] = ..., request_id: _Optional[str] = ..., access_token: _Optional[str] = ...) -> None: ...
 
 class EmbeddingChunk(_message.Message):
     __slots__ = ("data", "offset", "total_bytes")

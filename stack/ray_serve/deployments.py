@@ -73,11 +73,12 @@ class VisionDeployment:
         await self.service.set_ready()
         log.info("vision replica ready; embeddings served from %s", self.core.location)
 
-    async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions, codec: Codec | None) -> EncodeResult:
-        return await self.core.encode(image, tiling, vir, codec, model_id="")
+    async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions, codec: Codec | None,
+                     scope: str = "") -> EncodeResult:
+        return await self.core.encode(image, tiling, vir, codec, model_id="", scope=scope)
 
-    async def route(self, image: bytes, tiling: TilingOptions) -> RouteResult:
-        return await self.core.route(image, tiling, model_id="")
+    async def route(self, image: bytes, tiling: TilingOptions, scope: str = "") -> RouteResult:
+        return await self.core.route(image, tiling, model_id="", scope=scope)
 
     def info(self) -> dict:
         return self.core.info()
@@ -136,9 +137,7 @@ class GatewayIngress:
         return await self.grpc.ListModels(request, grpc_context)
 
     async def __del__(self) -> None:
-        await self.pipeline.images.close()
-        if self.pipeline.cache.redis is not None:
-            await self.pipeline.cache.redis.close()
+        await self.pipeline.close()
 
 
 @contextlib.contextmanager

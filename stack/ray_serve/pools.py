@@ -97,15 +97,16 @@ class RayVisionPool(_HandlePool):
         return self._pool_info
 
     async def encode(self, image: bytes, tiling: TilingOptions, vir: VirOptions,
-                     codec: Codec | None, request_id: str, affinity: str = "") -> EncodeResult:
+                     codec: Codec | None, request_id: str, affinity: str = "", scope: str = "") -> EncodeResult:
         with _domain_errors(self.pool):
-            result = await self.handle.encode.remote(image, tiling, vir, codec)
+            result = await self.handle.encode.remote(image, tiling, vir, codec, scope)
         return result
 
-    async def route(self, image: bytes, tiling: TilingOptions, request_id: str, affinity: str = "") -> RouteResult:
+    async def route(self, image: bytes, tiling: TilingOptions, request_id: str, affinity: str = "",
+                    scope: str = "") -> RouteResult:
         """Router scores of one image's tiles (phase one of a multi-image auto request)."""
         with _domain_errors(self.pool):
-            result = await self.handle.route.remote(image, tiling)
+            result = await self.handle.route.remote(image, tiling, scope)
         return result
 
 

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 RAY = REPO / "deploy" / "ray"
 SCHEMAS = Path(__file__).parent / "schemas"
-OVERLAYS = ("overlays/cpu", "overlays/gpu", "overlays/keda")
+OVERLAYS = ("overlays/cpu", "overlays/gpu", "overlays/keda", "overlays/secure")
 # The oldest Kubernetes the manifests support (native preStop sleep and PDB
 # unhealthyPodEvictionPolicy are on by default there) and a current one.
 K8S_VERSIONS = ("1.31", "1.34")

@@ -89,7 +89,9 @@ def test_every_selector_picks_exactly_its_component(overlay):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_native_grpc_probes(overlay, component):
     container = main_container(find(render(overlay), "Deployment", f"dvd-{component}"))
-    grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+    # With TLS (components/security) the probes use the plaintext health-only port.
+    probe_port = "health" if any(a.startswith("--health-port=") for a in container["args"]) else "grpc"
+    grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == probe_port)
     probes = {kind: container[f"{kind}Probe"] for kind in ("startup", "readiness", "liveness")}
     assert {kind: p["grpc"] for kind, p in probes.items()} == {
         "startup": {"port": grpc_port, "service": SERVICES[component]},
@@ -98,7 +100,7 @@ def test_native_grpc_probes(overlay, component):
     }
     startup_s = probes["startup"]["periodSeconds"] * probes["startup"]["failureThreshold"]
     if component != "gateway":  # model loading: 30 min, 60 in the GPU overlays
-        assert startup_s >= (3600 if overlay != "overlays/cpu" else 1800)
+        assert startup_s >= (1800 if overlay in ("overlays/cpu", "overlays/secure") else 3600)
 
 
 @pytest.mark.parametrize("component", COMPONENTS)

@@ -10,7 +10,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dvd.checkpoint import CheckpointError, load_language_state, load_model_config, load_vision_state
+from dvd.checkpoint import (
+    CheckpointError,
+    CheckpointLayout,
+    checkpoint_layout,
+    load_language_state,
+    load_model_config,
+    load_vision_state,
+)
 from dvd.checkpoint.keys import ORIGINAL_KEY_MAP, rename, to_original
 from dvd.checkpoint.load import _weight_map
 from language_service.model import build_language_model
@@ -34,6 +41,7 @@ def test_writes_the_original_layout_with_flash_config(flash):
     assert 0 <= config["flash_relative_threshold"] <= 1 and 0 <= config["flash_absolute_threshold"] <= 1
     assert config["llm_config"]["architectures"] == ["Qwen3ForCausalLM"]
     assert config["vision_config"]["qkv_bias"] is True and config["ps_version"] == "v2"
+    assert config["template"] == "internvl2_5"  # as InternVL3.5's config.json names its conversation template
     keys = _keys(flash)
     for key in ("vision_model.embeddings.class_embedding", "vision_model.encoder.layers.1.attn.qkv.weight",
                 "vision_model.encoder.layers.0.ls1", "mlp1.3.bias", "mlp2.7.weight", "gating.gate.1.bias",
@@ -108,3 +116,12 @@ def test_transposing_pixel_shuffle_version_is_refused(flash, tmp_path):
     (v1 / "config.json").write_text(json.dumps({**config, "ps_version": "v1"}))
     with pytest.raises(CheckpointError, match="ps_version"):
         load_model_config(v1)
+
+
+def test_the_layout_names_the_template(flash, tiny_ckpt, tmp_path):
+    assert checkpoint_layout(flash) == CheckpointLayout(original=True, template="internvl2_5")
+    assert checkpoint_layout(tiny_ckpt) == CheckpointLayout(original=False, template=None)
+    raw = json.loads((flash / "config.json").read_text())
+    del raw["template"]
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    assert checkpoint_layout(tmp_path) == CheckpointLayout(original=True, template=None)

@@ -16,8 +16,8 @@ from dvd.types import ImagePart, TextPart, VideoPart, VirMode, VirOptions
 from gateway.grpc_servicer import chat_request_from_pb
 from gateway.images import ImageSource
 from gateway.media import split_media
-from gateway.pipeline import ChatTurn
 from gateway.protocol import ChatCompletionRequest
+from gateway.requests import ChatTurn
 from gateway.video import FRAME_TILING, VideoLoader, VideoSource, frame_indices, sample_frames
 from protos.v1 import common_pb2, gateway_pb2
 from tests.conftest import video_bytes

@@ -106,3 +106,18 @@ def test_models_and_health(stacks, tiny_ckpt):
     with grpc.insecure_channel(stack.grpc_target) as channel:
         reply = gateway_pb2_grpc.GatewayStub(channel).ListModels(gateway_pb2.ListModelsRequest())
     assert [m.id for m in reply.models] == ["internvl"]
+
+
+@pytest.mark.parametrize("monolithic", MODES)
+def test_chat_template_flag_reaches_the_language_process(stacks, tiny_ckpt, monolithic):
+    """`--chat-template internvl2_5` on an HF-native checkpoint: the prompt is model.chat's
+    (default system message included), through the launcher into either process kind."""
+    from transformers import AutoTokenizer
+
+    from tests.model_card import model_chat_query
+
+    stack = stacks(tiny_ckpt, monolithic=monolithic, chat_template="internvl2_5")
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Tell me a story."}]}]
+    ids, _, responses = grpc_chat(stack, messages, max_tokens=1)
+    expected = AutoTokenizer.from_pretrained(tiny_ckpt)(model_chat_query("Tell me a story.", None, []))["input_ids"]
+    assert responses[-1].usage.prompt_tokens == len(expected)

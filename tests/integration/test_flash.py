@@ -160,6 +160,31 @@ def test_eight_frame_video_over_rest_and_grpc(stacks, flash_ckpts, flash_refs, v
     assert reply["usage"]["prompt_tokens"] == final.usage.prompt_tokens
 
 
+def hidden_colour_png(width: int = 750, height: int = 300) -> bytes:
+    """RGBA noise, half its pixels fully transparent over a stored (non-white) colour."""
+    rng = np.random.default_rng(11)
+    alpha = np.where(rng.random((height, width)) < 0.5, 0, 255).astype(np.uint8)
+    pixels = np.dstack([rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8), alpha])
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGBA").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_model_card_tiling_and_alpha_end_to_end(stacks, flash_ckpts, flash_refs):
+    """At min = max = 4 tiles a 750x300 image is 4x1 for the model cards (2x2 for HF), and its
+    transparent pixels keep their colour (HF paints them white): the tokens are the cards'. (On
+    tiny-flash each of the two differences alone changes the reference's 10 tokens.)"""
+    stack = stacks(flash_ckpts["tiny-flash"], vision_replicas=2)
+    reference = flash_refs("tiny-flash")
+    image = hidden_colour_png()
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
+    expected = reference.generate(conversation, [image], MAX_TOKENS, "off", min_tiles=4, max_tiles=4)
+    ids, final = grpc_chat(stack, [("user", (image, "What is this?"))], "off",
+                           tiling=common_pb2.TilingOptions(min_tiles=4, max_tiles=4))
+    assert ids == expected.token_ids
+    assert final.usage.image_tokens == 5 * 256  # 4 tiles + the thumbnail
+
+
 def test_monolithic_flash_matches_too(stacks, flash_ckpts, flash_refs):
     stack = stacks(flash_ckpts["tiny-flash"], monolithic=True)
     case = CASES[4]

@@ -17,6 +17,7 @@ from dvd.config import VisionConfig
 from vision_service.__main__ import parse_config
 from vision_service.preprocess import ImageDecodeError, ResolvedTiling, preprocess, preprocess_pixels
 from vision_service.preprocess_pool import PreprocessPool, default_workers
+from vision_service.tiling_card import preprocess_card, preprocess_pixels_card
 
 
 def jpeg(width: int, height: int, seed: int = 0) -> bytes:
@@ -40,11 +41,11 @@ def test_workers_and_fast_decode_are_flags():
     with pytest.raises(ValueError, match="preprocess_workers"):
         VisionConfig(model="m", preprocess_workers=-1)
     with pytest.raises(ValueError, match="at least one"):
-        PreprocessPool(0, 1 << 20)
+        PreprocessPool(preprocess_pixels, 0, 1 << 20)
 
 
 async def test_pool_tiles_off_the_event_loop_and_passes_errors_through():
-    pool = PreprocessPool(2, 64 * 1024 * 1024)
+    pool = PreprocessPool(preprocess_pixels, 2, 64 * 1024 * 1024)
     ticks = 0
 
     async def ticker() -> None:
@@ -88,3 +89,13 @@ def test_fast_decode_leaves_small_jpegs_and_other_formats_alone(size, fmt):
     assert torch.equal(fast.pixels, preprocess_pixels(data, ResolvedTiling()).pixels)
     assert torch.equal(fast.pixels, preprocess_pixels(data, ResolvedTiling(), fast_decode=False).pixels)
     assert fast.original_size == size and preprocess(data, ResolvedTiling()).original_size == size
+
+
+def test_the_cards_uint8_tiles_normalise_to_the_cards_preprocessing():
+    from vision_service.normalize import normalize
+
+    for data in (jpeg(750, 300), jpeg(1344, 896, seed=1)):
+        opts = ResolvedTiling(min_tiles=4, max_tiles=4)
+        tiles = preprocess_pixels_card(data, opts)
+        expected = preprocess_card(data, opts)
+        assert tiles.grid == expected.grid and torch.equal(normalize(tiles.pixels), expected.pixel_values)

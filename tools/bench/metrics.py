@@ -19,6 +19,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 STAGES = ("queue", "encode", "transfer", "prefill", "decode")  # the gateway's StageTimings, in order
 PERCENTILES = (50, 90, 99)
 
@@ -78,14 +80,8 @@ class Slo:
 
 
 def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+    """The q-th percentile (0..100), numpy's linear interpolation; NaN for no values."""
+    return float(np.percentile(values, q)) if values else math.nan
 
 
 def distribution_ms(values_s: list[float]) -> dict[str, float]:

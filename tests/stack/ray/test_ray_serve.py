@@ -104,7 +104,11 @@ def test_embeddings_are_served_by_the_vision_replica_over_grpc(ray_serve):
     assert ref.location.startswith("grpc://127.0.0.1:")
     with grpc.insecure_channel(ref.location.removeprefix("grpc://")) as channel:
         stub = vision_pb2_grpc.VisionEncoderStub(channel)
-        chunks = list(stub.FetchEmbedding(vision_pb2.FetchEmbeddingRequest(key=ref.key), timeout=30))
+        request = vision_pb2.FetchEmbeddingRequest(key=ref.key, access_token=ref.access_token)
+        chunks = list(stub.FetchEmbedding(request, timeout=30))
+        with pytest.raises(grpc.RpcError) as info:  # the content key alone reads nothing
+            list(stub.FetchEmbedding(vision_pb2.FetchEmbeddingRequest(key=ref.key), timeout=30))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert sum(len(c.data) for c in chunks) == ref.num_bytes > 0
 
 
