@@ -55,6 +55,8 @@ class VisionConfig:
     max_image_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 64 * 1024 * 1024
     max_batch_tiles: int = 0  # tiles per ViT forward; 0: by device (vision_service.core.AUTO_BATCH_TILES)
+    preprocess_workers: int = 0  # decode/resize/tile threads; 0: one per CPU the replica may use
+    fast_decode: bool = False  # decode JPEGs >= 2x the canvas at reduced size (changes pixels)
     max_batch_wait_ms: float = 5.0
     max_queue_images: int = 256
     store_max_bytes: int = 2 * 1024**3
@@ -80,8 +82,8 @@ class VisionConfig:
                   fetch_chunk_bytes=self.fetch_chunk_bytes, max_image_bytes=self.max_image_bytes)
         if not 1 <= self.min_tiles <= self.max_tiles:
             raise ValueError(f"need 1 <= min_tiles <= max_tiles, got {self.min_tiles}, {self.max_tiles}")
-        if self.max_batch_wait_ms < 0 or self.max_batch_tiles < 0:
-            raise ValueError("max_batch_wait_ms and max_batch_tiles must be >= 0")
+        if self.max_batch_wait_ms < 0 or self.max_batch_tiles < 0 or self.preprocess_workers < 0:
+            raise ValueError("max_batch_wait_ms, max_batch_tiles and preprocess_workers must be >= 0")
         for name in ("vir_relative_threshold", "vir_absolute_threshold"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:

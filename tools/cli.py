@@ -18,6 +18,7 @@ from tools.bench import fault_commands, transport
 from tools.bench import guided as bench_guided
 from tools.bench import guided_mask as bench_guided_mask
 from tools.bench import vir as bench_vir
+from tools.bench import vision as bench_vision
 from tools.bench import vit as bench_vit
 from tools.checkpoint import PRESETS, ensure_checkpoint, make_checkpoint
 
@@ -39,7 +40,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         device=a.device, dtype=a.dtype, redis_url=a.redis, log_dir=Path(a.log_dir) if a.log_dir else None,
         threads=a.threads, chat_template=a.chat_template, batch_invariant=a.batch_invariant,
         tls_ca=a.tls_ca, tls_cert=a.tls_cert, tls_key=a.tls_key,
-        gateway_args=["--api-keys-file", a.api_keys_file] if a.api_keys_file else [],
+        gateway_args=["--api-keys-file", a.api_keys_file] if a.api_keys_file else [], vision_args=_vision_args(a),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -61,6 +62,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
         print("stopping ...", flush=True)
         supervisor.stop()
         stack.stop()
+
+
+def _vision_args(a: argparse.Namespace) -> list[str]:
+    """The vision replicas' own flags that `dvd serve` passes through."""
+    workers = ["--preprocess-workers", str(a.preprocess_workers)] if a.preprocess_workers else []
+    return workers + (["--fast-decode"] if a.fast_decode else [])
 
 
 def cmd_serve_ray(a: argparse.Namespace, checkpoint: Path | str) -> int:
@@ -98,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--batch-invariant", action="store_true",
                     help="language engines give bit-identical outputs whatever else is batched (slower; see README)")
     sv.add_argument("--vision-replicas", type=int, default=1)
+    sv.add_argument("--preprocess-workers", type=int, default=0,
+                    help="decode/resize/tile threads per vision replica (0: one per CPU it may use)")
+    sv.add_argument("--fast-decode", action="store_true",
+                    help="vision replicas decode large JPEGs at reduced size (faster; changes pixels)")
     sv.add_argument("--language-replicas", type=int, default=1)
     sv.add_argument("--model-name", default="internvl", help="the model id clients send")
     sv.add_argument("--device", default="auto")
@@ -151,6 +162,7 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     bench_vit.register(kinds)
     bench_guided_mask.register(kinds)
     bench_guided.register(kinds)
+    bench_vision.register(kinds)
     bench_commands.register_bench(kinds)
     fault_commands.register(kinds)
 

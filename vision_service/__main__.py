@@ -33,6 +33,10 @@ def parse_config(argv: list[str] | None = None) -> VisionConfig:
     p.add_argument("--no-thumbnail", action="store_true")
     p.add_argument("--max-batch-tiles", type=int, default=0,
                    help="tiles per ViT forward (images join a batch while they fit); 0: 2 on CPU, 32 on GPU")
+    p.add_argument("--preprocess-workers", type=int, default=0,
+                   help="threads that decode, resize and tile images; 0: one per CPU this process may use")
+    p.add_argument("--fast-decode", action="store_true",
+                   help="decode JPEGs at least twice the tile canvas at 1/2-1/8 size (faster; changes pixels)")
     p.add_argument("--max-batch-wait-ms", type=float, default=5.0)
     p.add_argument("--max-queue-images", type=int, default=256)
     p.add_argument("--max-queue-tiles", type=int, default=1024,
@@ -52,6 +56,7 @@ def parse_config(argv: list[str] | None = None) -> VisionConfig:
         vir_absolute_threshold=a.vir_absolute_threshold, route_cache_bytes=a.route_cache_mib * 1024 * 1024,
         min_tiles=a.min_tiles, max_tiles=a.max_tiles, use_thumbnail=not a.no_thumbnail,
         max_batch_tiles=a.max_batch_tiles, max_batch_wait_ms=a.max_batch_wait_ms,
+        preprocess_workers=a.preprocess_workers, fast_decode=a.fast_decode,
         max_queue_images=a.max_queue_images, store_max_bytes=a.store_max_mib * 1024 * 1024,
         store_ttl_s=a.store_ttl_s, redis_url=a.redis, linger_s=a.linger_s, drain_grace_s=a.drain_grace_s,
         tls=server_tls(a), health_port=a.health_port, redis_tls=client_tls(a, "redis-tls"),

@@ -27,6 +27,17 @@ def vit_in_forwards(vit: Callable[[torch.Tensor], torch.Tensor], tiles: torch.Te
     return torch.cat([vit(chunk) for chunk in tiles.split(width)])
 
 
+def concat_tiles(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The batch's tiles in one tensor; page-locked if its parts are, so the copy to a CUDA
+    device stays non-blocking without another copy. One image's tiles are used as they are."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    out = torch.empty((sum(p.shape[0] for p in parts), *first.shape[1:]), dtype=first.dtype,
+                      pin_memory=first.is_pinned())
+    return torch.cat(parts, out=out)
+
+
 @dataclass
 class _Job:
     pixel_values: torch.Tensor  # [T, 3, tile, tile]
@@ -151,7 +162,7 @@ class TileBatcher:
         return jobs
 
     def _encode_all(self, jobs: list[_Job]) -> list[Any]:
-        tiles = torch.cat([j.pixel_values for j in jobs])  # [sum T, 3, tile, tile]
+        tiles = concat_tiles([j.pixel_values for j in jobs])  # [sum T, 3, tile, tile]
         grid = vit_in_forwards(self._vit, tiles, self.max_batch_tiles)  # [sum T, s, s, C]
         outputs, offset = [], 0
         for job in jobs:

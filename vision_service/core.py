@@ -29,11 +29,12 @@ from dvd.types import Codec, EmbeddingRef, EncodeResult, RouteResult, StageTimin
 from vision_service.batcher import TileBatcher
 from vision_service.encoder import TileEncoder, TileFeatures, VirPlan
 from vision_service.metrics import VisionMetrics
-from vision_service.preprocess import ImageDecodeError, PreprocessedImage, ResolvedTiling, preprocess
+from vision_service.preprocess import ImageDecodeError, ImageTiles, ResolvedTiling, preprocess_pixels
+from vision_service.preprocess_pool import PreprocessPool, default_workers
 from vision_service.route_cache import RouteCache
 from vision_service.routing import RouterPolicy
 from vision_service.tiling_card import NAME as CARD_TILING
-from vision_service.tiling_card import preprocess_card
+from vision_service.tiling_card import preprocess_pixels_card
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class VisionCore:
         self.encoder: TileEncoder | None = None
         self.router: RouterPolicy | None = None
         self.batcher: TileBatcher | None = None
+        self.preprocess_pool: PreprocessPool | None = None
         self.max_batch_tiles = cfg.max_batch_tiles
         self.routes = RouteCache(cfg.route_cache_bytes, cfg.route_grid_ttl_s, cfg.store_ttl_s)
         self.default_codec: Codec = cfg.codec or Codec.FP32
@@ -70,7 +72,7 @@ class VisionCore:
         # The layout decides the preprocessing: original = the model cards', HF-native = transformers'.
         original = checkpoint_layout(checkpoint_dir).original
         self.preprocessing = CARD_TILING if original else "hf-processor"
-        self._preprocess_fn = preprocess_card if original else preprocess
+        self._preprocess_fn = preprocess_pixels_card if original else preprocess_pixels
         self.redis = RedisStore(cfg.redis_url, cfg.store_ttl_s, cfg.redis_chunk_bytes, tls=cfg.redis_tls,
                                 password=cfg.redis_password) if cfg.redis_url else None
         self._encoding: dict[str, asyncio.Task[EncodeResult]] = {}  # content key -> its encode in flight
@@ -83,17 +85,24 @@ class VisionCore:
         self.encoder = TileEncoder(str(self.checkpoint_dir), device, dtype)
         self.max_batch_tiles = self.cfg.max_batch_tiles or AUTO_BATCH_TILES.get(device.type, GPU_BATCH_TILES)
         self.encoder.warmup()
+        self.preprocess_pool = PreprocessPool(self._preprocess_fn, self.cfg.preprocess_workers or default_workers(),
+                                              self.cfg.max_image_pixels, self.cfg.fast_decode,
+                                              pin_memory=device.type == "cuda")
         self.router = RouterPolicy(self.cfg, self.encoder)
         # Ship features in the compute dtype unless told otherwise: lossless, and what DvD does.
         self.default_codec = self.cfg.codec or _CODEC_FOR_DTYPE[str(dtype)]
         # The model id already differs per checkpoint (so per layout); the preprocessing name also
         # keeps apart the entries of replicas that preprocess the same checkpoint differently
-        # (a shared Redis during an upgrade across a preprocessing change).
-        self.cache_namespace = cache_namespace(f"{self.model_id}|{self.preprocessing}", self.default_codec,
+        # (a shared Redis during an upgrade across a preprocessing change). Reduced-size JPEG
+        # decoding changes the pixels, so it is part of that name.
+        decoding = "|fast-decode" if self.cfg.fast_decode else ""
+        self.cache_namespace = cache_namespace(f"{self.model_id}|{self.preprocessing}{decoding}", self.default_codec,
                                                self.cfg.compression, self.cfg.min_tiles, self.cfg.max_tiles,
                                                self.cfg.use_thumbnail, self.router.key_text())
-        log.info("vision model %s loaded on %s, %d torch threads; %s preprocessing", self.model_id,
-                 describe(device, dtype), torch.get_num_threads(), self.preprocessing)
+        log.info("vision model %s loaded on %s, %d torch threads; %s preprocessing in %d workers%s, normalisation "
+                 "by %s", self.model_id, describe(device, dtype), torch.get_num_threads(), self.preprocessing,
+                 self.preprocess_pool.workers, " (fast JPEG decode)" if self.cfg.fast_decode else "",
+                 self.encoder.normalizer.method)
 
     def start(self) -> None:
         if self.encoder is None:
@@ -106,6 +115,8 @@ class VisionCore:
     async def stop(self) -> None:
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.preprocess_pool is not None:
+            self.preprocess_pool.close()
         if self.redis is not None:
             await self.redis.close()
 
@@ -174,7 +185,7 @@ class VisionCore:
             return RouteResult(tuple(entry.scores.float().tolist()), StageTimings(), True)
         started = time.perf_counter_ns()
         tiles = await self._preprocess(image, options)
-        batch = await self.batcher.submit(tiles.pixel_values, lambda grid: (grid, self.encoder.compress_scores(grid)))
+        batch = await self.batcher.submit(tiles.pixels, lambda grid: (grid, self.encoder.compress_scores(grid)))
         grid, scores = batch.output
         self.routes.put(key, scores, grid)
         elapsed = time.perf_counter_ns() - started
@@ -234,12 +245,12 @@ class VisionCore:
             grid = entry.grid
             return await self.batcher.run_exclusive(lambda: self.encoder.finish(grid, plan)), 0, 0
         tiles = await self._preprocess(image, options)
-        batch = await self.batcher.submit(tiles.pixel_values, lambda grid: self.encoder.finish(grid, plan))
+        batch = await self.batcher.submit(tiles.pixels, lambda grid: self.encoder.finish(grid, plan))
         return batch.output, batch.queue_ns, batch.batch_tiles
 
-    async def _preprocess(self, image: bytes, options: ResolvedTiling) -> PreprocessedImage:
+    async def _preprocess(self, image: bytes, options: ResolvedTiling) -> ImageTiles:
         try:
-            return await asyncio.to_thread(self._preprocess_fn, image, options, self.cfg.max_image_pixels)
+            return await self.preprocess_pool.run(image, options)
         except ImageDecodeError as exc:
             raise InvalidRequest(f"cannot decode image: {exc}") from exc
 

@@ -18,6 +18,12 @@ differs from this one in:
   and casts; the two agree on all 256 byte values, so this is no difference in practice.
 
 EXIF orientation is not applied, as ``GotOcr2ImageProcessorPil`` does not apply it to a PIL image.
+
+A replica hands the ViT uint8 tiles (`preprocess_pixels`, the CPU's part: decode, resize, tile)
+and normalises them on the ViT's device (`vision_service.normalize`), with the same float32
+result as `preprocess` bit for bit. `fast_decode` lets libjpeg-turbo decode a large JPEG at
+1/2, 1/4 or 1/8 scale (Pillow's ``draft``) when it is at least twice the canvas in both
+dimensions; that changes pixels (BENCHMARKS.md, "Vision preprocessing"), so it is off by default.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from vision_service.normalize import normalize
+
 MAX_TILES_LIMIT = 40
 # 8192 x 8192 RGB is 192 MiB decoded; it also sits below PIL's own bomb threshold (~89.5 MP).
 DEFAULT_MAX_PIXELS = 8192 * 8192
@@ -65,6 +71,16 @@ class ResolvedTiling:
 
 
 @dataclass(frozen=True)
+class ImageTiles:
+    """The tiles of one image as bytes, before rescaling and normalisation."""
+
+    pixels: torch.Tensor  # [num_tiles, 3, tile_size, tile_size] uint8, RGB planes
+    grid: tuple[int, int]  # (cols, rows) of the chosen grid
+    num_tiles: int  # cols * rows, + 1 when the thumbnail was added
+    original_size: tuple[int, int]  # (width, height)
+
+
+@dataclass(frozen=True)
 class PreprocessedImage:
     """The model-ready tiles of one image."""
 
@@ -83,6 +99,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     own guard (``Image.MAX_IMAGE_PIXELS``, errors above ~179 MP) still applies on top of it.
     Raises ImageDecodeError for empty, undecodable, truncated, or too-large images.
     """
+    return _load(_open(data, max_pixels), to_rgb)
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Read and check the header only; no pixel data is decoded yet."""
     if not data:
         raise ImageDecodeError("image is empty (0 bytes)")
     try:
@@ -101,6 +122,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageDecodeError(
             f"image is too large: {width}x{height} = {width * height} pixels, limit is {max_pixels}"
         )
+    return image
+
+
+def _load(image: Image.Image, to_rgb: Callable[[Image.Image], Image.Image] | None = None) -> Image.Image:
+    width, height = image.size
     try:
         image.load()
         return (to_rgb or _to_rgb)(image)
@@ -135,29 +161,51 @@ def choose_grid(width: int, height: int, opts: ResolvedTiling) -> tuple[int, int
 def tile_image(image: Image.Image, opts: ResolvedTiling, grid: tuple[int, int] | None = None) -> PreprocessedImage:
     """Resize ``image`` onto the chosen grid (or ``grid``: (cols, rows)), cut it into tiles, add
     the thumbnail, normalise."""
+    tiles = tile_pixels(image, opts, grid=grid)
+    return PreprocessedImage(
+        pixel_values=normalize(tiles.pixels),
+        grid=tiles.grid,
+        num_tiles=tiles.num_tiles,
+        original_size=tiles.original_size,
+    )
+
+
+def tile_pixels(
+    image: Image.Image,
+    opts: ResolvedTiling,
+    grid_size: tuple[int, int] | None = None,
+    pin_memory: bool = False,
+    grid: tuple[int, int] | None = None,
+) -> ImageTiles:
+    """Resize ``image`` onto the chosen grid (or ``grid``: (cols, rows)), cut it into uint8 tiles,
+    add the thumbnail.
+
+    ``grid_size`` is the (width, height) the grid is chosen for, when ``image`` was decoded
+    smaller than the file it came from (``fast_decode``); ``pin_memory`` puts the tiles in
+    page-locked memory for a non-blocking copy to a CUDA device.
+    """
     image = _to_rgb(image)
-    width, height = image.size
+    width, height = grid_size or image.size
     cols, rows = grid or choose_grid(width, height, opts)
     size = opts.tile_size
     num_grid_tiles = cols * rows
     num_tiles = num_grid_tiles + (1 if opts.use_thumbnail and num_grid_tiles > 1 else 0)
 
-    tiles = np.empty((num_tiles, size, size, 3), dtype=np.uint8)  # [N, T, T, 3]
-    canvas = np.asarray(image.resize((cols * size, rows * size), Image.Resampling.BICUBIC))
-    # canvas: [rows*T, cols*T, 3] -> tiles in row-major order (left to right, then top to bottom)
-    tiles[:num_grid_tiles].reshape(rows, cols, size, size, 3)[...] = canvas.reshape(
-        rows, size, cols, size, 3
-    ).transpose(0, 2, 1, 3, 4)
+    pixels = torch.empty((num_tiles, 3, size, size), dtype=torch.uint8, pin_memory=pin_memory)
+    tiles = pixels.numpy()  # [N, 3, T, T], a view: written in place
+    canvas = image.resize((cols * size, rows * size), Image.Resampling.BICUBIC)
+    # PIL splits the planes in C (it stores RGB as RGBX); copying planes keeps the device's
+    # normalisation on contiguous bytes. Each plane [rows*T, cols*T] -> tiles in row-major
+    # order (left to right, then top to bottom).
+    grid_tiles = tiles[:num_grid_tiles].reshape(rows, cols, 3, size, size)
+    for channel, plane in enumerate(canvas.split()):
+        grid_tiles[:, :, channel] = np.asarray(plane).reshape(rows, size, cols, size).transpose(0, 2, 1, 3)
     if num_tiles > num_grid_tiles:
         # The thumbnail is the whole original image, not the grid canvas, squeezed to one tile.
-        tiles[-1] = np.asarray(image.resize((size, size), Image.Resampling.BICUBIC))
-
-    return PreprocessedImage(
-        pixel_values=torch.from_numpy(_normalize(tiles)),
-        grid=(cols, rows),
-        num_tiles=num_tiles,
-        original_size=(width, height),
-    )
+        thumbnail = image.resize((size, size), Image.Resampling.BICUBIC)
+        for channel, plane in enumerate(thumbnail.split()):
+            tiles[-1, channel] = np.asarray(plane)
+    return ImageTiles(pixels=pixels, grid=(cols, rows), num_tiles=num_tiles, original_size=(width, height))
 
 
 def preprocess(
@@ -165,6 +213,34 @@ def preprocess(
 ) -> PreprocessedImage:
     """Image bytes -> model-ready tiles. Raises ImageDecodeError for bad or oversized images."""
     return tile_image(decode_image(data, max_pixels), opts)
+
+
+def preprocess_pixels(
+    data: bytes,
+    opts: ResolvedTiling,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    fast_decode: bool = False,
+    pin_memory: bool = False,
+    to_rgb: Callable[[Image.Image], Image.Image] | None = None,
+    choose: Callable[[int, int, ResolvedTiling], tuple[int, int]] = choose_grid,
+) -> ImageTiles:
+    """Image bytes -> uint8 tiles, the CPU's share of `preprocess` (normalise them on the device
+    with `vision_service.normalize.normalize`); ``to_rgb`` and ``choose`` (the grid rule) are
+    the model cards' in `tiling_card`. Raises ImageDecodeError for bad or oversized images."""
+    image = _open(data, max_pixels)
+    original_size = image.size
+    grid = choose(*original_size, opts)
+    if fast_decode:
+        _draft(image, grid, opts.tile_size)
+    return tile_pixels(_load(image, to_rgb), opts, original_size, pin_memory, grid)
+
+
+def _draft(image: Image.Image, grid: tuple[int, int], tile_size: int) -> None:
+    """Let libjpeg-turbo decode a JPEG at 1/2, 1/4 or 1/8 scale, never below the canvas: only
+    when the file is at least twice the canvas in both dimensions (PIL picks the scale)."""
+    canvas = (grid[0] * tile_size, grid[1] * tile_size)
+    if image.format in ("JPEG", "MPO") and min(image.size[0] / canvas[0], image.size[1] / canvas[1]) >= 2:
+        image.draft(image.mode, canvas)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -186,25 +262,3 @@ def _candidate_grids(min_tiles: int, max_tiles: int) -> tuple[tuple[int, int], .
     ]
     # sorted() is stable, so grids with the same tile count keep their (cols, rows) order
     return tuple(sorted(grids, key=lambda grid: grid[0] * grid[1]))
-
-
-@lru_cache(maxsize=1)
-def _normalize_table() -> np.ndarray:
-    """[3, 256] float32: the normalised value of every byte, per channel.
-
-    Computed with HF's exact arithmetic (float64 * 1/255, cast to float32, then float32
-    (x - mean) / std), so a table lookup reproduces its output bit for bit, about 5x faster.
-    """
-    scaled = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)  # [256]
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None]  # [3, 1]
-    std = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None]  # [3, 1]
-    return (scaled[None, :] - mean) / std
-
-
-def _normalize(tiles: np.ndarray) -> np.ndarray:
-    """tiles: [N, T, T, 3] uint8 -> [N, 3, T, T] float32, rescaled and ImageNet-normalised."""
-    table = _normalize_table()
-    out = np.empty((tiles.shape[0], 3, tiles.shape[1], tiles.shape[2]), dtype=np.float32)
-    for channel in range(3):
-        out[:, channel] = table[channel][tiles[..., channel]]
-    return out

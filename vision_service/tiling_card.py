@@ -26,9 +26,11 @@ from PIL import Image
 
 from vision_service.preprocess import (
     DEFAULT_MAX_PIXELS,
+    ImageTiles,
     PreprocessedImage,
     ResolvedTiling,
     decode_image,
+    preprocess_pixels,
     tile_image,
 )
 
@@ -85,3 +87,10 @@ def preprocess_card(data: bytes, opts: ResolvedTiling, max_pixels: int = DEFAULT
     """Image bytes -> model-ready tiles, as the cards' ``load_image``. Raises ImageDecodeError
     (through ``decode_image``'s checks) for bad or oversized images."""
     return tile_image_card(decode_image(data, max_pixels, to_rgb=card_rgb), opts)
+
+
+def preprocess_pixels_card(data: bytes, opts: ResolvedTiling, max_pixels: int = DEFAULT_MAX_PIXELS,
+                           fast_decode: bool = False, pin_memory: bool = False) -> ImageTiles:
+    """Image bytes -> uint8 tiles as the cards cut them (the device normalises, as ``ToTensor`` +
+    ``Normalize`` would): `preprocess_card` without the normalisation."""
+    return preprocess_pixels(data, opts, max_pixels, fast_decode, pin_memory, to_rgb=card_rgb, choose=choose_grid_card)

@@ -13,8 +13,9 @@ from dvd.config import VisionConfig
 from tests import model_card
 from tests.vision_service.test_preprocess import encode, hf_pixel_values, hf_processor, mode_images, png_bytes
 from vision_service.core import VisionCore
-from vision_service.preprocess import ImageDecodeError, ResolvedTiling, _normalize_table, choose_grid, preprocess
-from vision_service.tiling_card import choose_grid_card, preprocess_card, target_ratios
+from vision_service.normalize import reference_table
+from vision_service.preprocess import ImageDecodeError, ResolvedTiling, choose_grid, preprocess, preprocess_pixels
+from vision_service.tiling_card import choose_grid_card, preprocess_card, preprocess_pixels_card, target_ratios
 
 __all__ = ["hf_processor"]  # the fixture, imported for the HF side of the alpha tests
 
@@ -94,7 +95,7 @@ def test_the_cards_rescale_equals_the_normalise_table():
     pixels = torch.arange(256, dtype=torch.uint8).to(torch.float32).div(255)  # ToTensor
     mean = torch.as_tensor(model_card.IMAGENET_MEAN, dtype=torch.float32)[:, None]
     std = torch.as_tensor(model_card.IMAGENET_STD, dtype=torch.float32)[:, None]
-    assert np.array_equal(pixels[None].sub(mean).div(std).numpy(), _normalize_table())
+    assert np.array_equal(pixels[None].sub(mean).div(std).numpy(), reference_table())
 
 
 def test_bad_bytes_raise_the_decode_error():
@@ -107,5 +108,5 @@ def test_bad_bytes_raise_the_decode_error():
 def test_the_vision_service_takes_the_layout_from_the_checkpoint(tiny_ckpt, tiny_flash_ckpt):
     hf = VisionCore(VisionConfig(model=str(tiny_ckpt)), tiny_ckpt, "local://x")
     original = VisionCore(VisionConfig(model=str(tiny_flash_ckpt)), tiny_flash_ckpt, "local://x")
-    assert (hf._preprocess_fn, original._preprocess_fn) == (preprocess, preprocess_card)
+    assert (hf._preprocess_fn, original._preprocess_fn) == (preprocess_pixels, preprocess_pixels_card)
     assert (hf.preprocessing, original.preprocessing) == ("hf-processor", "model-card")

@@ -167,6 +167,14 @@ def register_plan(sub) -> None:
     p.add_argument("--output-tokens", type=int, default=128)
     p.add_argument("--tokens-per-tile", type=int, default=256, help="256; 64 for ViR-compressed tiles")
     p.add_argument("--utilization", type=float, default=0.8, help="cap on each pool's busy fraction")
+    p.add_argument("--preprocess-ms-per-tile", type=float, default=0.0,
+                   help="CPU ms per tile of one preprocessing worker (`dvd bench vision`, CPU work per tile): "
+                        "also print the preprocessing cores a vision replica needs")
+    p.add_argument("--vit-ms-per-tile", type=float, default=0.0,
+                   help="with --preprocess-ms-per-tile: the replica's ViT ms per tile (default: 1000 / "
+                        "--vision-tiles-per-s; 1.8 is an H100-class InternViT-300M)")
+    p.add_argument("--preprocess-scaling", type=float, default=1.0,
+                   help="rate each added worker brings, as a fraction of one (`dvd bench vision` worker scaling)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_plan)
 
@@ -174,15 +182,21 @@ def register_plan(sub) -> None:
 def cmd_plan(a: argparse.Namespace) -> int:
     import dataclasses
 
-    from tools.bench.plan import Mix, StageRates, format_plans, plan
+    from tools.bench.plan import Mix, StageRates, format_plans, plan, preprocess_cores
 
     rates = StageRates(a.vision_tiles_per_s, a.prefill_tokens_per_s, a.decode_tokens_per_s)
     mix = Mix(Mix.parse_tiles(a.tiles), a.images_per_request, a.reuse_pct / 100, a.prompt_tokens, a.output_tokens,
               a.tokens_per_tile)
     plans = [plan(rates, mix, rps, a.utilization) for rps in _floats(a.target_rps)]
+    vit_ms = a.vit_ms_per_tile or 1000 / a.vision_tiles_per_s
+    cores = preprocess_cores(vit_ms, a.preprocess_ms_per_tile, a.preprocess_scaling) if a.preprocess_ms_per_tile else None
     if a.json:
         print(json.dumps({"rates": dataclasses.asdict(rates), "mix": dataclasses.asdict(mix),
-                          "plans": [dataclasses.asdict(p) | {"ratio": p.ratio} for p in plans]}, indent=1))
+                          "plans": [dataclasses.asdict(p) | {"ratio": p.ratio} for p in plans],
+                          "preprocess_cores_per_vision_replica": cores}, indent=1))
     else:
         print(format_plans(plans, rates, mix))
+        if cores is not None:
+            print(f"\npreprocessing: {cores:.1f} CPU cores per vision replica ({vit_ms:g} ms ViT per tile, "
+                  f"{a.preprocess_ms_per_tile:g} ms CPU per tile, {a.preprocess_scaling:.0%} per added worker)")
     return 0

@@ -104,6 +104,16 @@ def plan(rates: StageRates, mix: Mix, target_rps: float, utilization: float = 0.
                 max(1, math.ceil(target_rps * (vision_s + language_s) / utilization - 1e-9)))
 
 
+def preprocess_cores(vit_ms_per_tile: float, cpu_ms_per_tile: float, scaling: float = 1.0) -> float:
+    """CPU cores one vision replica needs so preprocessing keeps its ViT busy: the ViT takes
+    `vit_ms_per_tile` of accelerator time per tile, preprocessing `cpu_ms_per_tile` of one core's
+    (`dvd bench vision`, "CPU work per tile"), and each added worker brings `scaling` of a core's
+    rate (1.0: perfect; the bench's worker scaling measures it)."""
+    if min(vit_ms_per_tile, cpu_ms_per_tile) <= 0 or not 0 < scaling <= 1:
+        raise ValueError("need positive ms per tile and 0 < scaling <= 1")
+    return cpu_ms_per_tile / vit_ms_per_tile / scaling
+
+
 def format_plans(plans: list[Plan], rates: StageRates, mix: Mix) -> str:
     vision_s, language_s = per_request_seconds(rates, mix)
     lines = [

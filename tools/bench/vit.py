@@ -11,6 +11,7 @@ with the widest one's: splitting tiles over forwards must not change a value."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -71,6 +72,21 @@ def _forward(encoder, pixel_values: torch.Tensor, width: int) -> torch.Tensor:
     return grid
 
 
+def recommend_width(result: VitBenchResult, tolerance: float = 0.05) -> int:
+    """The narrowest forward width whose cost per image is within `tolerance` of the cheapest:
+    wider forwards only make images wait for one another (a `--max-batch-tiles` to start from)."""
+    best = min(result.ms_per_image.values())
+    return min(w for w, ms in result.ms_per_image.items() if ms <= best * (1 + tolerance))
+
+
+def to_json(result: VitBenchResult, opts: VitBenchOptions) -> dict:
+    return {"tool": "dvd bench vit", "checkpoint": str(opts.checkpoint), "device": result.device,
+            "tiles": opts.tiles, "repeats": opts.repeats,
+            "ms_per_tile": {str(w): ms / opts.tiles for w, ms in result.ms_per_image.items()},
+            "max_abs_diff_vs_widest": {str(w): d for w, d in result.max_abs_diff.items()},
+            "recommended_max_batch_tiles": recommend_width(result)}
+
+
 def format_table(result: VitBenchResult, opts: VitBenchOptions) -> str:
     widest = result.ms_per_image[max(opts.widths)]
     lines = [f"ViT cost of one {opts.tiles}-tile image by forward width: {opts.checkpoint.name}, {result.device}",
@@ -82,17 +98,23 @@ def format_table(result: VitBenchResult, opts: VitBenchOptions) -> str:
     return "\n".join(lines)
 
 
-def register(kinds) -> None:
-    """Add `dvd bench vit` to the `dvd bench` sub-commands."""
-    p = kinds.add_parser("vit", help="ViT cost per image by tiles per forward (sizing --max-batch-tiles)")
+def add_model_args(p) -> None:
+    """The checkpoint and where it runs: the flags of the benches that load vision modules."""
     p.add_argument("--preset", default="small", help="a preset or a checkpoint dir")
     p.add_argument("--checkpoint-root", default="checkpoints")
-    p.add_argument("--widths", default="1,2,5,10", help="tiles per forward, comma-separated")
-    p.add_argument("--tiles", type=int, default=10, help="tiles of the image (10: a 1344x1344 image)")
-    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+
+
+def register(kinds) -> None:
+    """Add `dvd bench vit` to the `dvd bench` sub-commands."""
+    p = kinds.add_parser("vit", help="ViT cost per image by tiles per forward (sizing --max-batch-tiles)")
+    add_model_args(p)
+    p.add_argument("--widths", default="1,2,5,10", help="tiles per forward, comma-separated")
+    p.add_argument("--tiles", type=int, default=10, help="tiles of the image (10: a 1344x1344 image)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", default="", help="also write the curve and the recommended width to this file")
     p.set_defaults(func=main)
 
 
@@ -104,5 +126,9 @@ def main(a) -> int:
         raise SystemExit("widths, --tiles and --repeats must be positive")
     opts = VitBenchOptions(Path(ensure_checkpoint(a.preset, Path(a.checkpoint_root))), widths, a.tiles, a.repeats,
                            a.device, a.dtype, a.threads)
-    print(format_table(run_vit_bench(opts), opts))
+    result = run_vit_bench(opts)
+    print(format_table(result, opts))
+    print(f"recommended --max-batch-tiles: {recommend_width(result)} (narrowest width within 5% of the cheapest)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(to_json(result, opts), indent=1) + "\n")
     return 0

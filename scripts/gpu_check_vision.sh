@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# GPU check, vision part: the curve `--max-batch-tiles` is chosen from, and the device
+# normalisation's equality with the CPU path on CUDA (through page-locked memory).
+#
+# 1. Without a CUDA device: writes {"check": "vision", "skipped": ...} and exits 0.
+# 2. The device-normalisation equality tests, on CUDA (tests/vision_service/test_normalize.py).
+# 3. `dvd bench vit` on cuda, bf16, the 1b-shape preset (InternViT-300M's shape): one image of
+#    --tiles tiles through the ViT in forwards of each width; the result JSON has ms per tile by
+#    width and the narrowest width within 5% of the cheapest (recommended_max_batch_tiles).
+# Called by scripts/gpu_check.sh where that exists; runs on its own as well.
+#
+# Usage: scripts/gpu_check_vision.sh OUT.json [TILES] [WIDTHS]
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: scripts/gpu_check_vision.sh OUT.json [TILES] [WIDTHS]}
+TILES=${2:-64}
+WIDTHS=${3:-1,2,4,8,16,32,64}
+PY=${PY:-.venv/bin/python}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+
+if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+    echo '{"check": "vision", "skipped": "no CUDA device"}' > "$OUT"
+    echo "gpu_check_vision: no CUDA device, skipped (wrote $OUT)"
+    exit 0
+fi
+
+"$PY" -m pytest -q -p no:cacheprovider tests/vision_service/test_normalize.py -k cuda
+"$PY" -m tools.cli bench vit --preset 1b-shape --checkpoint-root "${CHECKPOINT_ROOT:-checkpoints}" \
+    --device cuda --dtype bfloat16 --tiles "$TILES" --widths "$WIDTHS" --repeats 5 --json "$OUT"
+echo "gpu_check_vision: wrote $OUT"
