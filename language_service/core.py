@@ -23,7 +23,7 @@ from dvd.store import MemoryStore
 from dvd.types import Delta, EmbeddingRef, Message, SamplingParams
 from language_service.detokenizer import IncrementalDetokenizer
 from language_service.engine.build import build_engine
-from language_service.engine.grammars import GrammarCompiler
+from language_service.engine.grammars import GrammarCompiler, grammars_available
 from language_service.engine.guided import GuideState
 from language_service.engine.logprobs import LogprobBuffer, TokenVocab
 from language_service.engine.metrics import EngineMetrics
@@ -64,8 +64,13 @@ class LanguageCore:
         self.device_desc = describe(device, dtype)
         eos_ids = self._eos_ids()
         vocab_size = int(model.get_output_embeddings().weight.shape[0])  # the logits' width, padding included
-        self.grammars = GrammarCompiler(self.tokenizer, vocab_size, eos_ids)
-        self.vocab = TokenVocab(self.grammars.token_bytes)
+        if grammars_available():
+            self.grammars = GrammarCompiler(self.tokenizer, vocab_size, eos_ids)
+            self.vocab = TokenVocab(self.grammars.token_bytes)
+        else:
+            log.warning("xgrammar is not installed: guided decoding (response_format, guided_*) is refused")
+            self.grammars = None
+            self.vocab = TokenVocab([self.tokenizer.decode([i]).encode() for i in range(vocab_size)])
         engine = build_engine(self.cfg, model, self.prompts.context_id, self.attn_implementation, eos_ids,
                               self.max_model_len)
         runner = engine.runner
@@ -131,6 +136,8 @@ class LanguageCore:
         off the engine thread."""
         if sampling.guided is None:
             return None
+        if self.grammars is None:
+            raise InvalidRequest("guided decoding needs the xgrammar package, which this language replica lacks")
         return await asyncio.to_thread(self.grammars.guide, sampling.guided)
 
     def abort(self, request_id: str) -> bool:

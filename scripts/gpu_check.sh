@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The GPU check of the language engine (issue 12), in one run of under 8 minutes:
-#   writes the 1b-shape checkpoint, runs the engine bench in bf16 at concurrency 1/16/64 with
-#   and without CUDA graphs for every available attention backend (flash-attn when it imports),
-#   and checks greedy tokens against InternVLForConditionalGeneration.generate (token agreement).
-# Results: one JSON file, $1 if given, else $OUT/gpu_check.json (else ./gpu_check.json).
+# Every GPU check, in one run of under 8 minutes, results in one JSON file:
+#   engine (issue 12): writes the 1b-shape checkpoint, runs the engine bench in bf16 at
+#     concurrency 1/16/64 with and without CUDA graphs for every available attention backend
+#     (flash-attn when it imports), and checks greedy tokens against
+#     InternVLForConditionalGeneration.generate (token agreement);
+#   vision (issue 13): scripts/gpu_check_vision.sh, the ViT cost by tiles per forward (the curve
+#     --max-batch-tiles is chosen from) and device normalisation's equality on CUDA; the result
+#     lands under the "vision" key.
+# Results: $1 if given, else $OUT/gpu_check.json (else ./gpu_check.json).
 # Needs torch (CUDA), transformers, grpcio; no network, no fastapi. Extra arguments go to
 # `python -m tools.bench.gpu_check` (the CPU dry run: --device cpu --dtype float32 --preset tiny ...).
 set -euo pipefail
@@ -15,7 +19,20 @@ python="${PYTHON:-python}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
-# 470 s leaves the 8-minute budget room for interpreter start-up; a partial JSON survives a timeout.
-timeout "${GPU_CHECK_TIMEOUT_S:-470}" "$python" -m tools.bench.gpu_check --out "$out" \
-    --checkpoint-root "${CHECKPOINT_ROOT:-checkpoints}" "$@"
+# 370 s for the engine and 90 s for the vision part leave the 8-minute budget room for start-up;
+# a partial JSON survives a timeout (each section is written as soon as it is done).
+timeout "${GPU_CHECK_TIMEOUT_S:-370}" "$python" -m tools.bench.gpu_check --out "$out" \
+    --checkpoint-root "${CHECKPOINT_ROOT:-checkpoints}" "$@" || echo "engine check: exit $?"
+vision_out="$(mktemp)"
+PY="$python" timeout "${GPU_CHECK_VISION_TIMEOUT_S:-90}" scripts/gpu_check_vision.sh "$vision_out" \
+    || echo '{"check": "vision", "error": "timed out or failed"}' > "$vision_out"
+"$python" - "$out" "$vision_out" <<'PY'
+import json, sys
+from pathlib import Path
+out, vision = Path(sys.argv[1]), Path(sys.argv[2])
+report = json.loads(out.read_text()) if out.exists() else {}
+text = vision.read_text() if vision.exists() else ""
+report["vision"] = json.loads(text) if text.strip() else {"check": "vision", "error": "no output"}
+out.write_text(json.dumps(report, indent=1) + "\n")
+PY
 echo "results: $out"

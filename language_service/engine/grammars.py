@@ -25,7 +25,11 @@ import re
 import threading
 
 import numpy as np
-import xgrammar as xgr
+
+try:
+    import xgrammar as xgr
+except ImportError:  # a bare GPU box (scripts/gpu_check.sh): the engine runs, guided requests are refused
+    xgr = None
 from cachetools import LRUCache
 
 from dvd.errors import InvalidRequest
@@ -33,6 +37,11 @@ from dvd.types import GuidedDecoding, GuideKind
 from language_service.engine.guided import GuideState
 
 _LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # "[16:58:59] /project/cpp/x.cc:5088: " on xgrammar errors
+
+
+def grammars_available() -> bool:
+    """Whether xgrammar imports here (a project dependency; absent only on bare check machines)."""
+    return xgr is not None
 
 
 class GrammarCompiler:

@@ -30,4 +30,5 @@ def test_gpu_check_dry_run_on_cpu(tiny_ckpt, tmp_path):
     check = report["token_check"]
     assert check["solo_agreement"] == 1.0 and check["solo_exact_sequences"] == 2
     assert report["fastapi_imported"] is False
+    assert report["vision"]["check"] == "vision"  # the vision part: skipped without CUDA, its curve with it
     assert report["cuda_device"] == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)

@@ -132,3 +132,12 @@ def main(a) -> int:
     if a.json:
         Path(a.json).write_text(json.dumps(to_json(result, opts), indent=1) + "\n")
     return 0
+
+
+if __name__ == "__main__":  # scripts/gpu_check_vision.sh: without the whole CLI's imports (bare GPU machines)
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tools.bench.vit")
+    register(parser.add_subparsers(dest="kind", required=True))
+    args = parser.parse_args()
+    raise SystemExit(args.func(args))
