@@ -52,8 +52,6 @@ class RedisStore:
         self._client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                                **auth, **tls_kwargs)
         self.breaker = CircuitBreaker(f"redis {self.location}", self.ping, open_s=breaker_open_s)
-        self.hits = 0
-        self.misses = 0
 
     def _check_breaker(self) -> None:
         if not self.breaker.allow():
@@ -86,9 +84,7 @@ class RedisStore:
             raise self._failed("get", exc) from exc
         self.breaker.succeeded()
         if raw is None:
-            self.misses += 1
             return None
-        self.hits += 1
         pb = common_pb2.EmbeddingRef()
         pb.ParseFromString(raw)
         return convert.ref_from_pb(pb)

@@ -207,7 +207,6 @@ class GrpcVisionPool(_GrpcPool):
             replica = await self._acquire(affinity, tried, deadline)
             tried.add(replica.target)
             replica.outstanding += 1
-            replica.calls += 1
             try:
                 reply = await send(replica.stub)
             except grpc.aio.AioRpcError as err:
@@ -260,7 +259,6 @@ class GrpcLanguagePool(_GrpcPool):
     async def _stream(self, replica: Replica, request, deadline: Deadline | None) -> AsyncIterator[Delta]:
         call = replica.stub.Generate(request, timeout=_timeout(deadline, "generation"))
         replica.outstanding += 1
-        replica.calls += 1
         try:
             async for reply in call:
                 yield convert.delta_from_pb(reply)

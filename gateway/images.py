@@ -4,7 +4,6 @@ images; the vision pool does."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 from dataclasses import dataclass
@@ -27,9 +26,6 @@ class ImageLoader:
     def __init__(self, max_bytes: int, guard: UrlGuard) -> None:
         self.max_bytes = max_bytes
         self.guard = guard
-
-    async def load_all(self, sources: list[ImageSource]) -> list[bytes]:
-        return list(await asyncio.gather(*(self.load(s) for s in sources)))
 
     async def load(self, source: ImageSource) -> bytes:
         if source.data is not None:

@@ -45,7 +45,6 @@ class Replica:
     channel: grpc.aio.Channel
     stub: object
     outstanding: int = 0
-    calls: int = 0
     failures: int = 0  # consecutive
     ejected: bool = False
     probe_after: float = 0.0  # an ejected replica's next health probe

@@ -46,8 +46,6 @@ class EmbeddingFetcher:
         self.tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._redis: dict[str, RedisStore] = {redis.location: redis} if redis is not None else {}
-        self.bytes_fetched = 0
-        self.redis_fallbacks = 0
 
     async def fetch_all(self, refs: list[EmbeddingRef], request_id: str,
                         deadline: Deadline | None = None) -> tuple[list[torch.Tensor], int]:
@@ -61,7 +59,6 @@ class EmbeddingFetcher:
         blob = await self._blob(ref, request_id, deadline or Deadline.after(self.timeout_s))
         if len(blob) != ref.num_bytes or codecs.checksum(blob) != ref.checksum:
             raise DataCorrupted(f"embedding {ref.key!r} failed its size/checksum check")
-        self.bytes_fetched += len(blob)
         return await asyncio.to_thread(codecs.decode, blob, ref.codec, ref.shape, ref.compression)
 
     async def _blob(self, ref: EmbeddingRef, request_id: str, deadline: Deadline) -> bytes:
@@ -71,7 +68,6 @@ class EmbeddingFetcher:
                 return blob
             if not ref.fallback_location:
                 raise EmbeddingLost(f"embedding {ref.key!r} is not in the shared store and has no fallback")
-            self.redis_fallbacks += 1
             return await self._from_location(ref.fallback_location, ref, request_id, deadline)
         return await self._from_location(ref.location, ref, request_id, deadline)
 

@@ -78,8 +78,6 @@ class TileBatcher:
         self._held: _Job | None = None  # taken from the queue but too big for the last batch: next
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vit")
         self._task: asyncio.Task | None = None
-        self.batches_run = 0
-        self.tiles_encoded = 0
         self.images_in_batch = 0
 
     def start(self) -> None:
@@ -176,8 +174,6 @@ class TileBatcher:
 
     def _deliver(self, jobs: list[_Job], outputs: list[Any], started_ns: int, encode_ns: int) -> None:
         batch_tiles = sum(job.num_tiles for job in jobs)
-        self.batches_run += 1
-        self.tiles_encoded += batch_tiles
         for job, output in zip(jobs, outputs):
             if job.future.done():
                 continue

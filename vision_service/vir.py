@@ -25,7 +25,6 @@ from torch import nn
 
 POOLING_HEADS = 16  # CrossAttentionPooling's default, which the published model keeps
 GATING_EXPANSION = 4
-COMPRESSED_TOKENS = 64
 
 
 class CrossAttentionPooling(nn.Module):
