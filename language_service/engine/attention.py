@@ -83,8 +83,7 @@ class BatchedPlan:
     output_index: torch.Tensor | None = None  # [tokens] (row, query) index of each packed token
     kernel: Callable = sdpa_kernel
 
-    def attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float,
-               layer_idx: int = 0) -> torch.Tensor:
+    def attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> torch.Tensor:
         """keys/values: this layer's cache [slots, kv_heads, D]. Returns [rows or 1, T or tokens, heads, D]."""
         shape = (self.num_rows, self.max_keys, *keys.shape[1:])
         k = keys.index_select(0, self.gather_slots).view(shape).transpose(1, 2)  # [R, kv_heads, S, D]
@@ -105,8 +104,7 @@ class RowsPlan:
     row_slots: list[torch.Tensor]  # per row [num_keys]
     masks: list[torch.Tensor | None]  # per row [1, 1, T, num_keys] or None (all visible / causal)
 
-    def attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float,
-               layer_idx: int = 0) -> torch.Tensor:
+    def attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> torch.Tensor:
         outputs = []
         for row, (slots, mask) in enumerate(zip(self.row_slots, self.masks)):
             k = keys.index_select(0, slots).transpose(0, 1)[None]  # [1, kv_heads, num_keys, D]
@@ -127,8 +125,7 @@ class FlashPlan:
     cache_seqlens: torch.Tensor  # [rows] int32, keys per row including this step's token
     block_size: int
 
-    def attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float,
-               layer_idx: int = 0) -> torch.Tensor:
+    def attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> torch.Tensor:
         from flash_attn import flash_attn_with_kvcache
 
         shape = (-1, self.block_size, *keys.shape[1:])  # [blocks, block_size, kv_heads, D]
@@ -139,14 +136,12 @@ class FlashPlan:
 
 def paged_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     attention_mask: object, scaling: float | None = None, dropout: float = 0.0,
-                    dvd_plan=None, **_) -> tuple[torch.Tensor, None]:
+                    dvd_plan: BatchedPlan | RowsPlan | FlashPlan | None = None, **_) -> tuple[torch.Tensor, None]:
     """query: [rows, heads, T, D]; key/value: this layer's cache [slots, kv_heads, D] as
-    `PagedKVCache.update` returns it; `dvd_plan` one of the plans here or a `SlabPlan`
-    (`decode_slab.py`). Returns [rows, T, heads, D]."""
+    `PagedKVCache.update` returns it. Returns [rows, T, heads, D]."""
     if dvd_plan is None:
         raise RuntimeError("dvd_paged attention needs a plan (the engine's runner passes one)")
-    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    return dvd_plan.attend(query, key, value, scaling, module.layer_idx), None
+    return dvd_plan.attend(query, key, value, scaling if scaling is not None else query.shape[-1] ** -0.5), None
 
 
 AttentionInterface.register(NAME, paged_attention)

@@ -2,8 +2,8 @@
 
 Fast path (the default):
 - Decode: one forward for every decoding sequence, one token each; one attention call per layer
-  for the whole batch (`BatchedPlan`; on CPU `SlabPlan`, the same call without the per-step KV
-  gather; flash-attn's paged kernel on CUDA), under a CUDA graph per batch-size bucket when enabled.
+  for the whole batch (`BatchedPlan`, or flash-attn's paged kernel on CUDA), under a CUDA graph
+  per batch-size bucket when enabled.
 - Prefill: every scheduled prompt chunk packed into one `[1, tokens]` forward, fed `inputs_embeds`
   (text embeddings with the image features scattered into the chunk's `<IMG_CONTEXT>` positions).
 
@@ -21,7 +21,6 @@ import torch
 
 from language_service.engine.attention import NAME as PAGED_ATTENTION
 from language_service.engine.cuda_graphs import DecodeGraphs
-from language_service.engine.decode_slab import DecodeSlab
 from language_service.engine.forward import DecoderForward
 from language_service.engine.kv_cache import PagedKVCache
 from language_service.engine.plans import ForwardInputs, Planner
@@ -53,9 +52,6 @@ class ModelRunner:
         self.forward = DecoderForward(model)
         self.embed_tokens = self.forward.embed_tokens
         model.set_attn_implementation(PAGED_ATTENTION)
-        # CPU: decode keys kept contiguous across steps instead of gathered every step (decode_slab.py)
-        use_slab = self.device.type == "cpu" and not batch_invariant and backend != "flash"
-        self.slab = DecodeSlab(self.kv, self.planner) if use_slab else None
         self.graphs = None
         if cuda_graphs and self.device.type == "cuda" and not batch_invariant:
             self.graphs = DecodeGraphs(self.forward, self.kv, self.planner, max_graph_batch, backend == "flash")
@@ -98,7 +94,7 @@ class ModelRunner:
         elif self.backend == "flash":
             inputs = self.planner.flash_decode(seqs)
         else:
-            inputs = (self.slab.decode(seqs) if self.slab is not None else None) or self.planner.decode(seqs)
+            inputs = self.planner.decode(seqs)
         embeds = self.embed_tokens(torch.tensor(ids, device=self.device)[:, None])  # [R, 1, H]
         return self._forward(embeds, inputs)[: len(seqs)]
 
