@@ -18,7 +18,9 @@ distinct chat prompts of about `prompt_tokens` tokens; every request is greedy w
 2. Poisson: `poisson_requests` requests at `poisson_rate`/s (0: the engine's measured request
    rate at the top concurrency, a load both servers see as busy) to the engine and to the
    static-batch server, same arrival times. Tokens/s over the makespan (first arrival to last
-   finish), and mean latency (arrival to last token).
+   finish), and mean latency (arrival to last token). Twice: every request `max_tokens` long
+   ("fixed"), and lengths uniform around the same mean (`mixed_lengths`, "mixed": requests that
+   stop at different points; the static server runs each batch to its longest).
 3. KV capacity (`kv_capacity.py`, no model): sequences running at once at a fixed KV budget,
    2048 max_tokens but 64 actual output tokens, paged vs worst-case reservation."""
 
@@ -34,7 +36,7 @@ from dvd.config import DeviceConfig, LanguageConfig
 from dvd.types import Delta, Message, SamplingParams, TextPart
 from language_service.detokenizer import IncrementalDetokenizer
 from language_service.engine.sequence import Sequence
-from tools.bench.engine_baseline import StaticBatchServer, generate_batch, poisson_arrivals
+from tools.bench.engine_baseline import StaticBatchServer, generate_batch, mixed_lengths, poisson_arrivals
 from tools.bench.kv_capacity import KvCapacity, kv_capacity
 
 WORDS = "the lighthouse keeper watched ships cross the grey northern sea every night".split()
@@ -170,13 +172,14 @@ def generate_run(model, prompts: list[list[int]], max_tokens: int, pad_id: int) 
     return Run(num_tokens, time.perf_counter() - started, time.process_time() - cpu)
 
 
-def engine_poisson(core, prompts: list[list[int]], arrivals: list[float], max_tokens: int) -> tuple[float, list[float]]:
+def engine_poisson(core, prompts: list[list[int]], arrivals: list[float], lengths: list[int]
+                   ) -> tuple[float, list[float]]:
     """(makespan s, per-request latency s) of the engine under the arrival schedule."""
     start = time.perf_counter()
     trackers = []
-    for prompt, at in zip(prompts, arrivals):
+    for prompt, at, length in zip(prompts, arrivals, lengths):
         time.sleep(max(0.0, at - (time.perf_counter() - start)))
-        trackers.append(submit(core, prompt, max_tokens))
+        trackers.append(submit(core, prompt, length))
     for tracker in trackers:
         tracker.wait()
     return max(t.finished_s for t in trackers) - start, [t.finished_s - start - at for t, at in zip(trackers, arrivals)]
@@ -232,15 +235,22 @@ def run_engine_bench(opts: EngineBenchOptions) -> EngineBenchResult:
 
 
 def _poisson(core, reference, prompts, opts: EngineBenchOptions, pad_id: int, result: EngineBenchResult) -> dict:
+    """{"fixed": ..., "mixed": ...}: the two output-length workloads, same arrivals."""
     top = max(opts.concurrency)
     rate = opts.poisson_rate or result.engine[top] / opts.max_tokens
     arrivals = poisson_arrivals(len(prompts), rate)
-    num_tokens = len(prompts) * opts.max_tokens
-    engine_s, engine_lat = engine_poisson(core, prompts, arrivals, opts.max_tokens)
-    static_s, static_lat = StaticBatchServer(reference, opts.max_tokens, pad_id, top).serve(prompts, arrivals)
-    return {"rate_per_s": rate, "num_requests": len(prompts), "engine_tokens_per_s": num_tokens / engine_s,
-            "static_tokens_per_s": num_tokens / static_s, "engine_mean_latency_s": statistics.mean(engine_lat),
-            "static_mean_latency_s": statistics.mean(static_lat)}
+    workloads = {"fixed": [opts.max_tokens] * len(prompts), "mixed": mixed_lengths(len(prompts), opts.max_tokens)}
+    out = {}
+    for name, lengths in workloads.items():
+        engine_s, engine_lat = engine_poisson(core, prompts, arrivals, lengths)
+        static = StaticBatchServer(reference, pad_id, top)
+        static_s, static_lat = static.serve(prompts, arrivals, lengths)
+        out[name] = {"rate_per_s": rate, "num_requests": len(prompts), "mean_tokens": statistics.mean(lengths),
+                     "engine_tokens_per_s": sum(lengths) / engine_s, "static_tokens_per_s": sum(lengths) / static_s,
+                     "engine_mean_latency_s": statistics.mean(engine_lat),
+                     "static_mean_latency_s": statistics.mean(static_lat),
+                     "static_mean_batch": statistics.mean(static.batch_sizes)}
+    return out
 
 
 def format_table(result: EngineBenchResult, opts: EngineBenchOptions) -> str:
@@ -256,11 +266,13 @@ def format_table(result: EngineBenchResult, opts: EngineBenchOptions) -> str:
     for c, rate in engine.items():
         lines.append(f"| {c} | {rate:.1f} | {generate.get(c, nan):.1f} | {ratios.get(c, nan):.2f}x | "
                      f"{cpu_ratios.get(c, nan):.2f}x | {rate / engine[base_c]:.2f}x | {cpu[c] / cpu[base_c]:.2f}x |")
-    if result.poisson:
-        p = result.poisson
-        lines += ["", f"Poisson arrivals: {p['num_requests']} requests at {p['rate_per_s']:.2f}/s; engine "
+    lines += [""] if result.poisson else []
+    for name, p in result.poisson.items():
+        lines += [f"Poisson arrivals, {name} output lengths (mean {p['mean_tokens']:.0f}): "
+                  f"{p['num_requests']} requests at {p['rate_per_s']:.2f}/s; engine "
                   f"{p['engine_tokens_per_s']:.1f} tokens/s vs static-batch server {p['static_tokens_per_s']:.1f} "
-                  f"({p['engine_tokens_per_s'] / p['static_tokens_per_s']:.2f}x); mean latency "
+                  f"({p['engine_tokens_per_s'] / p['static_tokens_per_s']:.2f}x, static batches of "
+                  f"{p['static_mean_batch']:.1f} on average); mean latency "
                   f"{p['engine_mean_latency_s']:.2f} s vs {p['static_mean_latency_s']:.2f} s"]
     if result.kv:
         kv = result.kv

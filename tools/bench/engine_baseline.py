@@ -3,13 +3,14 @@
 - `generate_batch`: transformers' `model.generate` on a static, left-padded batch of the prompts
   (greedy, exactly `max_tokens` new tokens each): the simplest thing a user can write.
 - `StaticBatchServer`: a server built on it. Whenever it is idle it takes every request that has
-  arrived (up to `max_batch`) and generates that batch to completion; requests arriving meanwhile
+  arrived (up to `max_batch`) and generates that batch to completion (to its longest request's
+  length, as a batch does when its requests stop at different EOS); requests arriving meanwhile
   wait for the next batch."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,12 +32,12 @@ class StaticBatchServer:
     """Serves `arrivals` (seconds after start, one prompt each) in static batches; returns timings."""
 
     model: object
-    max_tokens: int
     pad_id: int
     max_batch: int = 64
+    batch_sizes: list[int] = field(default_factory=list)  # of every batch served, in order
 
-    def serve(self, prompts: list[list[int]], arrivals: list[float]) -> tuple[float, list[float]]:
-        """Returns (makespan s, per-request latency s)."""
+    def serve(self, prompts: list[list[int]], arrivals: list[float], lengths: list[int]) -> tuple[float, list[float]]:
+        """`lengths`: new tokens per request. Returns (makespan s, per-request latency s)."""
         start = time.perf_counter()
         latencies = [0.0] * len(prompts)
         next_request = 0
@@ -47,7 +48,8 @@ class StaticBatchServer:
                 continue
             now = time.perf_counter() - start
             batch = [i for i in range(next_request, len(prompts)) if arrivals[i] <= now][: self.max_batch]
-            generate_batch(self.model, [prompts[i] for i in batch], self.max_tokens, self.pad_id)
+            generate_batch(self.model, [prompts[i] for i in batch], max(lengths[i] for i in batch), self.pad_id)
+            self.batch_sizes.append(len(batch))
             done = time.perf_counter() - start
             for i in batch:
                 latencies[i] = done - arrivals[i]
@@ -60,3 +62,11 @@ def poisson_arrivals(num_requests: int, rate: float, seed: int = 0) -> list[floa
     generator = torch.Generator().manual_seed(seed)
     gaps = torch.empty(num_requests).exponential_(rate, generator=generator)
     return torch.cumsum(gaps, 0).sub(gaps[0]).tolist()  # the first request at t = 0
+
+
+def mixed_lengths(num_requests: int, mean: int, seed: int = 0) -> list[int]:
+    """Output lengths uniform in [mean / 8, 2 * mean - mean / 8] (mean `mean`): requests that stop
+    at different points, as EOS makes them."""
+    low = max(1, mean // 8)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(low, 2 * mean - low + 1, (num_requests,), generator=generator).tolist()
