@@ -6,6 +6,7 @@ finds it again by health; `stack.supervisor` restarts the ones that crash."""
 
 from __future__ import annotations
 
+import random
 import signal
 import socket
 import subprocess
@@ -24,10 +25,29 @@ LANGUAGE_SERVICE = "dvd.v1.LanguageDecoder"
 GATEWAY_SERVICE = "dvd.v1.Gateway"
 
 
+_HANDED_OUT: set[int] = set()
+# Below Linux's default ephemeral range (32768-60999), from which both bind(0) and every outgoing
+# connection draw: a port handed out there could be taken by a client socket before our process
+# binds it. Each stack's processes bind their ports only after they start.
+_PORT_RANGE = (20000, 32000)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free now, outside the ephemeral range, that this process has not handed out before
+    (so two replicas, or a replica's gRPC and metrics ports, never get the same one)."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(*_PORT_RANGE)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_PORT_RANGE} on {host}")
 
 
 @dataclass
