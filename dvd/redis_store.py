@@ -8,7 +8,6 @@ background probe finds it answering again."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,6 +16,7 @@ from redis.exceptions import RedisError
 
 from dvd import convert
 from dvd.breaker import CircuitBreaker
+from dvd.store import tokens_match
 from dvd.tls import TlsFiles, redis_tls_kwargs
 from dvd.types import EmbeddingRef
 from protos.v1 import common_pb2
@@ -119,4 +119,4 @@ def _token_matches(raw_ref: bytes | None, token: str) -> bool:
         return False
     pb = common_pb2.EmbeddingRef()
     pb.ParseFromString(raw_ref)
-    return hmac.compare_digest(pb.access_token.encode(), token.encode())
+    return tokens_match(pb.access_token, token)

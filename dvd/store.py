@@ -4,12 +4,19 @@ and drops entries older than their TTL."""
 
 from __future__ import annotations
 
+import hmac
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from dvd.types import EmbeddingRef
+
+
+def tokens_match(issued: str, presented: str) -> bool:
+    """Constant-time check of the access token a reader presents against the one its ref was
+    issued with: a computed content key alone reads nothing."""
+    return hmac.compare_digest(issued.encode(), presented.encode())
 
 
 @dataclass
@@ -75,6 +82,11 @@ class MemoryStore:
             self._entries.move_to_end(key)
             self.hits += 1
             return entry.ref, entry.blob
+
+    def get_with_token(self, key: str, token: str) -> tuple[EmbeddingRef, bytes] | None:
+        """As `get`, but only for the token its ref was issued with (None otherwise: no oracle)."""
+        entry = self.get(key)
+        return entry if entry is not None and tokens_match(entry[0].access_token, token) else None
 
     def _pop(self, key: str) -> None:
         entry = self._entries.pop(key, None)

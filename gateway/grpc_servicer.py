@@ -63,9 +63,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     async def Chat(self, request, context):
         # The client's deadline becomes the request's: every hop after this one gets what is left.
-        # (Ray Serve's gRPC context has no deadline API: there the gateway's own timeout applies.)
-        time_remaining = getattr(context, "time_remaining", None)
-        remaining = time_remaining() if time_remaining is not None else None
+        remaining = context.time_remaining()
         req = chat_request_from_pb(request, self._tenant(context))
         if remaining is not None:
             req = replace(req, timeout_s=max(remaining, 1e-3))

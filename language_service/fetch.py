@@ -10,7 +10,6 @@ encoding the image again. Every fetch ends by the request's deadline."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 
@@ -83,8 +82,8 @@ class EmbeddingFetcher:
 
     async def _from_location(self, location: str, ref: EmbeddingRef, request_id: str, deadline: Deadline) -> bytes:
         if location in self.local_stores:
-            entry = self.local_stores[location].get(ref.key)
-            if entry is None or not hmac.compare_digest(entry[0].access_token.encode(), ref.access_token.encode()):
+            entry = self.local_stores[location].get_with_token(ref.key, ref.access_token)
+            if entry is None:
                 raise EmbeddingLost(f"embedding {ref.key!r} is not in the local store (expired or evicted)")
             return entry[1]
         if not location.startswith("grpc://"):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import logging
 import secrets
 import time
@@ -278,8 +277,8 @@ class VisionCore:
     def chunks(self, key: str, token: str) -> Iterator[tuple[int, bytes, int]]:
         """(offset, bytes, total) pieces of a stored blob, for FetchEmbedding. `token` must be
         the one issued with its ref; a wrong one reads as a missing key (no oracle)."""
-        entry = self.store.get(key)
-        if entry is None or not hmac.compare_digest(entry[0].access_token.encode(), token.encode()):
+        entry = self.store.get_with_token(key, token)
+        if entry is None:
             raise NotFound(f"embedding {key!r} is not in this replica's store (expired or evicted)")
         blob, step = entry[1], self.cfg.fetch_chunk_bytes
         self.metrics.fetched_bytes.inc(len(blob))

@@ -107,11 +107,12 @@ class Engine:
 
     def _append(self, seq: Sequence, token_id: int) -> None:
         seq.output_ids.append(token_id)
-        reason = self._finish_reason(seq, token_id)
+        is_stop_token = token_id in self._stop_ids(seq)
+        reason = self._finish_reason(seq, is_stop_token)
         if guided.advance(seq, token_id) and reason is None:  # the grammar is complete
             reason = FinishReason.STOP
         text, stopped = "", False
-        if not (reason is not None and token_id in self._stop_ids(seq)):
+        if not (reason is not None and is_stop_token):
             text, stopped = seq.stops.feed(seq.detokenizer.add(token_id))
         if stopped:
             reason = FinishReason.STOP
@@ -125,8 +126,8 @@ class Engine:
         ids = set(seq.sampling.stop_token_ids)
         return ids if seq.sampling.ignore_eos else ids | self.eos_token_ids
 
-    def _finish_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
-        if token_id in self._stop_ids(seq):
+    def _finish_reason(self, seq: Sequence, is_stop_token: bool) -> FinishReason | None:
+        if is_stop_token:
             return FinishReason.STOP
         if len(seq.output_ids) >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
             return FinishReason.LENGTH

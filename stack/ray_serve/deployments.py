@@ -130,14 +130,28 @@ class GatewayIngress:
 
     async def Chat(self, request, grpc_context: RayServegRPCContext):
         with _grpc_status(grpc_context):
-            async for reply in self.grpc.Chat(request, grpc_context):
+            async for reply in self.grpc.Chat(request, _ServeContext(grpc_context)):
                 yield reply
 
     async def ListModels(self, request, grpc_context: RayServegRPCContext):
-        return await self.grpc.ListModels(request, grpc_context)
+        return await self.grpc.ListModels(request, _ServeContext(grpc_context))
 
     async def __del__(self) -> None:
         await self.pipeline.close()
+
+
+class _ServeContext:
+    """Ray Serve's gRPC context as `GatewayServicer` reads a grpc.aio one. Serve's has no deadline
+    API, so `time_remaining` is None there and the gateway's own --request-timeout-s applies."""
+
+    def __init__(self, context: RayServegRPCContext) -> None:
+        self._context = context
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def __getattr__(self, name: str):
+        return getattr(self._context, name)
 
 
 @contextlib.contextmanager
