@@ -17,6 +17,9 @@ def _positive(**values: float) -> None:
             raise ValueError(f"{name} must be positive, got {value}")
 
 
+RESIZE_ON_DEVICE = ("auto", "on", "off")  # VisionConfig.resize_on_device
+
+
 @dataclass(frozen=True)
 class DeviceConfig:
     """device: "auto" | "cpu" | "cuda" | "cuda:N"; dtype: "auto" | "float32" | "bfloat16" | "float16".
@@ -57,6 +60,9 @@ class VisionConfig:
     max_batch_tiles: int = 0  # tiles per ViT forward; 0: by device (vision_service.core.AUTO_BATCH_TILES)
     preprocess_workers: int = 0  # decode/resize/tile threads; 0: one per CPU the replica may use
     fast_decode: bool = False  # decode JPEGs >= 2x the canvas at reduced size (changes pixels)
+    # Resize and tile on the ViT's device (same bytes; vision_service.device_tiling): "auto" does
+    # on CUDA, where it frees the CPU, not on a CPU device, where Pillow's C is faster.
+    resize_on_device: str = "auto"
     max_batch_wait_ms: float = 5.0
     max_queue_images: int = 256
     store_max_bytes: int = 2 * 1024**3
@@ -89,6 +95,8 @@ class VisionConfig:
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         _positive(route_grid_ttl_s=self.route_grid_ttl_s)
+        if self.resize_on_device not in RESIZE_ON_DEVICE:
+            raise ValueError(f"resize_on_device must be one of {RESIZE_ON_DEVICE}, got {self.resize_on_device!r}")
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# GPU check, vision part: the curve `--max-batch-tiles` is chosen from, and the device
-# normalisation's equality with the CPU path on CUDA (through page-locked memory).
+# GPU check, vision part: the curve `--max-batch-tiles` is chosen from, the device
+# normalisation's and the device resize's equality with the CPU path on CUDA (through page-locked
+# memory), and what resizing on the device saves the CPU.
 #
 # 1. Without a CUDA device: writes {"check": "vision", "skipped": ...} and exits 0.
-# 2. The device-normalisation equality tests, on CUDA (tests/vision_service/test_normalize.py).
+# 2. The equality tests on CUDA: device normalisation (tests/vision_service/test_normalize.py),
+#    Pillow-exact resize and device tiling (test_resample.py, test_device_tiling.py).
 # 3. `dvd bench vit` on cuda, bf16, the 1b-shape preset (InternViT-300M's shape): one image of
 #    --tiles tiles through the ViT in forwards of each width; the result JSON has ms per tile by
 #    width and the narrowest width within 5% of the cheapest (recommended_max_batch_tiles).
+# 4. `python -m tools.bench.device_tiling --device cuda`: CPU ms per tile with Pillow resizing vs
+#    resizing on the device (the thread's CPU time: decode, hand-off, launches), device ms per
+#    tile, and the tiles' equality; under the "device_tiling" key of the result.
 # Called by scripts/gpu_check.sh where that exists; runs on its own as well.
 #
 # Usage: scripts/gpu_check_vision.sh OUT.json [TILES] [WIDTHS]
@@ -27,8 +32,20 @@ fi
 
 # pytest may not be on a bare GPU machine: the equality tests run where it is.
 if "$PY" -c 'import pytest' 2>/dev/null; then
-    "$PY" -m pytest -q -p no:cacheprovider tests/vision_service/test_normalize.py -k cuda
+    "$PY" -m pytest -q -p no:cacheprovider tests/vision_service/test_normalize.py \
+        tests/vision_service/test_resample.py tests/vision_service/test_device_tiling.py -k cuda
 fi
 "$PY" -m tools.bench.vit vit --preset 1b-shape --checkpoint-root "${CHECKPOINT_ROOT:-checkpoints}" \
     --device cuda --dtype bfloat16 --tiles "$TILES" --widths "$WIDTHS" --repeats 5 --json "$OUT"
+tiling_out="$(mktemp)"
+"$PY" -m tools.bench.device_tiling --device cuda --rounds 5 --json "$tiling_out" \
+    || echo '{"error": "device tiling bench failed"}' > "$tiling_out"
+"$PY" - "$OUT" "$tiling_out" <<'PY'
+import json, sys
+from pathlib import Path
+out, tiling = Path(sys.argv[1]), Path(sys.argv[2])
+report = json.loads(out.read_text())
+report["device_tiling"] = json.loads(tiling.read_text() or "{}")
+out.write_text(json.dumps(report, indent=1) + "\n")
+PY
 echo "gpu_check_vision: wrote $OUT"

@@ -67,7 +67,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
 def _vision_args(a: argparse.Namespace) -> list[str]:
     """The vision replicas' own flags that `dvd serve` passes through."""
     workers = ["--preprocess-workers", str(a.preprocess_workers)] if a.preprocess_workers else []
-    return workers + (["--fast-decode"] if a.fast_decode else [])
+    resize = ["--resize-on-device", a.resize_on_device] if a.resize_on_device != "auto" else []
+    return workers + resize + (["--fast-decode"] if a.fast_decode else [])
 
 
 def cmd_serve_ray(a: argparse.Namespace, checkpoint: Path | str) -> int:
@@ -109,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="decode/resize/tile threads per vision replica (0: one per CPU it may use)")
     sv.add_argument("--fast-decode", action="store_true",
                     help="vision replicas decode large JPEGs at reduced size (faster; changes pixels)")
+    sv.add_argument("--resize-on-device", choices=("auto", "on", "off"), default="auto",
+                    help="vision replicas resize and tile on their device, bit-identical to Pillow (auto: on CUDA)")
     sv.add_argument("--language-replicas", type=int, default=1)
     sv.add_argument("--model-name", default="internvl", help="the model id clients send")
     sv.add_argument("--device", default="auto")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from dvd.config import VisionConfig
+from dvd.config import RESIZE_ON_DEVICE, VisionConfig
 from dvd.flags import add_common, add_redis, client_tls, device_config, read_secret, server_tls, setup_logging
 from dvd.types import Codec, Compression, VirMode
 from vision_service.server import serve
@@ -37,6 +37,8 @@ def parse_config(argv: list[str] | None = None) -> VisionConfig:
                    help="threads that decode, resize and tile images; 0: one per CPU this process may use")
     p.add_argument("--fast-decode", action="store_true",
                    help="decode JPEGs at least twice the tile canvas at 1/2-1/8 size (faster; changes pixels)")
+    p.add_argument("--resize-on-device", choices=RESIZE_ON_DEVICE, default="auto",
+                   help="resize and tile on the ViT's device, bit-identical to Pillow (auto: on CUDA)")
     p.add_argument("--max-batch-wait-ms", type=float, default=5.0)
     p.add_argument("--max-queue-images", type=int, default=256)
     p.add_argument("--max-queue-tiles", type=int, default=1024,
@@ -57,6 +59,7 @@ def parse_config(argv: list[str] | None = None) -> VisionConfig:
         min_tiles=a.min_tiles, max_tiles=a.max_tiles, use_thumbnail=not a.no_thumbnail,
         max_batch_tiles=a.max_batch_tiles, max_batch_wait_ms=a.max_batch_wait_ms,
         preprocess_workers=a.preprocess_workers, fast_decode=a.fast_decode,
+        resize_on_device=a.resize_on_device,
         max_queue_images=a.max_queue_images, store_max_bytes=a.store_max_mib * 1024 * 1024,
         store_ttl_s=a.store_ttl_s, redis_url=a.redis, linger_s=a.linger_s, drain_grace_s=a.drain_grace_s,
         tls=server_tls(a), health_port=a.health_port, redis_tls=client_tls(a, "redis-tls"),

@@ -33,8 +33,8 @@ def concat_tiles(parts: list[torch.Tensor]) -> torch.Tensor:
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
-    out = torch.empty((sum(p.shape[0] for p in parts), *first.shape[1:]), dtype=first.dtype,
-                      pin_memory=first.is_pinned())
+    out = torch.empty((sum(p.shape[0] for p in parts), *first.shape[1:]), dtype=first.dtype, device=first.device,
+                      pin_memory=first.device.type == "cpu" and first.is_pinned())
     return torch.cat(parts, out=out)
 
 

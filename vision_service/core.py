@@ -26,6 +26,7 @@ from dvd.redis_store import RedisStore, StoreUnavailable
 from dvd.store import MemoryStore
 from dvd.types import Codec, EmbeddingRef, EncodeResult, RouteResult, StageTimings, TilingOptions, VirOptions
 from vision_service.batcher import TileBatcher
+from vision_service.device_tiling import device_tiler
 from vision_service.encoder import TileEncoder, TileFeatures, VirPlan
 from vision_service.metrics import VisionMetrics
 from vision_service.preprocess import ImageDecodeError, ImageTiles, ResolvedTiling, preprocess_pixels
@@ -86,7 +87,7 @@ class VisionCore:
         self.encoder.warmup()
         self.preprocess_pool = PreprocessPool(self._preprocess_fn, self.cfg.preprocess_workers or default_workers(),
                                               self.cfg.max_image_pixels, self.cfg.fast_decode,
-                                              pin_memory=device.type == "cuda")
+                                              pin_memory=device.type == "cuda", tiler=device_tiler(self.cfg.resize_on_device, device))
         self.router = RouterPolicy(self.cfg, self.encoder)
         # Ship features in the compute dtype unless told otherwise: lossless, and what DvD does.
         self.default_codec = self.cfg.codec or _CODEC_FOR_DTYPE[str(dtype)]
@@ -98,10 +99,11 @@ class VisionCore:
         self.cache_namespace = cache_namespace(f"{self.model_id}|{self.preprocessing}{decoding}", self.default_codec,
                                                self.cfg.compression, self.cfg.min_tiles, self.cfg.max_tiles,
                                                self.cfg.use_thumbnail, self.router.key_text())
-        log.info("vision model %s loaded on %s, %d torch threads; %s preprocessing in %d workers%s, normalisation "
-                 "by %s", self.model_id, describe(device, dtype), torch.get_num_threads(), self.preprocessing,
-                 self.preprocess_pool.workers, " (fast JPEG decode)" if self.cfg.fast_decode else "",
-                 self.encoder.normalizer.method)
+        log.info("vision model %s loaded on %s, %d torch threads; %s preprocessing in %d workers%s, resizing on "
+                 "the %s, normalisation by %s", self.model_id, describe(device, dtype), torch.get_num_threads(),
+                 self.preprocessing, self.preprocess_pool.workers,
+                 " (fast JPEG decode)" if self.cfg.fast_decode else "",
+                 "device" if self.preprocess_pool.tiler else "CPU", self.encoder.normalizer.method)
 
     def start(self) -> None:
         if self.encoder is None:

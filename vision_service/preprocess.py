@@ -21,7 +21,8 @@ EXIF orientation is not applied, as ``GotOcr2ImageProcessorPil`` does not apply 
 
 A replica hands the ViT uint8 tiles (`preprocess_pixels`, the CPU's part: decode, resize, tile)
 and normalises them on the ViT's device (`vision_service.normalize`), with the same float32
-result as `preprocess` bit for bit. `fast_decode` lets libjpeg-turbo decode a large JPEG at
+result as `preprocess` bit for bit. A GPU replica also resizes and tiles there
+(`vision_service.device_tiling`, Pillow's integer arithmetic in torch), leaving the CPU the decode. `fast_decode` lets libjpeg-turbo decode a large JPEG at
 1/2, 1/4 or 1/8 scale (Pillow's ``draft``) when it is at least twice the canvas in both
 dimensions; that changes pixels (BENCHMARKS.md, "Vision preprocessing"), so it is off by default.
 """
@@ -29,6 +30,7 @@ dimensions; that changes pixels (BENCHMARKS.md, "Vision preprocessing"), so it i
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -37,7 +39,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vision_service.device_tiling import DeviceTiler
 from vision_service.normalize import normalize
+
+log = logging.getLogger(__name__)
 
 MAX_TILES_LIMIT = 40
 # 8192 x 8192 RGB is 192 MiB decoded; it also sits below PIL's own bomb threshold (~89.5 MP).
@@ -176,22 +181,36 @@ def tile_pixels(
     grid_size: tuple[int, int] | None = None,
     pin_memory: bool = False,
     grid: tuple[int, int] | None = None,
+    tiler: DeviceTiler | None = None,
 ) -> ImageTiles:
     """Resize ``image`` onto the chosen grid (or ``grid``: (cols, rows)), cut it into uint8 tiles,
     add the thumbnail.
 
     ``grid_size`` is the (width, height) the grid is chosen for, when ``image`` was decoded
     smaller than the file it came from (``fast_decode``); ``pin_memory`` puts the tiles in
-    page-locked memory for a non-blocking copy to a CUDA device.
+    page-locked memory for a non-blocking copy to a CUDA device; ``tiler`` resizes and cuts on
+    its device instead (the same bytes, `vision_service.device_tiling`), and the tiles stay there.
     """
     image = _to_rgb(image)
     width, height = grid_size or image.size
     cols, rows = grid or choose_grid(width, height, opts)
-    size = opts.tile_size
-    num_grid_tiles = cols * rows
-    num_tiles = num_grid_tiles + (1 if opts.use_thumbnail and num_grid_tiles > 1 else 0)
+    thumbnail = opts.use_thumbnail and cols * rows > 1
+    pixels = None
+    if tiler is not None:
+        try:
+            pixels = tiler.tiles(image, (cols, rows), opts.tile_size, thumbnail)
+        except torch.OutOfMemoryError:  # a huge image on a full device: this one is resized here
+            log.warning("no device memory to tile a %dx%d image; resizing it on the CPU", *image.size)
+    if pixels is None:
+        pixels = _cpu_tiles(image, (cols, rows), opts.tile_size, thumbnail, pin_memory)
+    return ImageTiles(pixels=pixels, grid=(cols, rows), num_tiles=pixels.shape[0], original_size=(width, height))
 
-    pixels = torch.empty((num_tiles, 3, size, size), dtype=torch.uint8, pin_memory=pin_memory)
+
+def _cpu_tiles(image: Image.Image, grid: tuple[int, int], size: int, thumbnail: bool, pin_memory: bool) -> torch.Tensor:
+    """Pillow resizes, numpy cuts: [N, 3, T, T] uint8 on the CPU."""
+    cols, rows = grid
+    num_grid_tiles = cols * rows
+    pixels = torch.empty((num_grid_tiles + thumbnail, 3, size, size), dtype=torch.uint8, pin_memory=pin_memory)
     tiles = pixels.numpy()  # [N, 3, T, T], a view: written in place
     canvas = image.resize((cols * size, rows * size), Image.Resampling.BICUBIC)
     # PIL splits the planes in C (it stores RGB as RGBX); copying planes keeps the device's
@@ -200,12 +219,12 @@ def tile_pixels(
     grid_tiles = tiles[:num_grid_tiles].reshape(rows, cols, 3, size, size)
     for channel, plane in enumerate(canvas.split()):
         grid_tiles[:, :, channel] = np.asarray(plane).reshape(rows, size, cols, size).transpose(0, 2, 1, 3)
-    if num_tiles > num_grid_tiles:
+    if thumbnail:
         # The thumbnail is the whole original image, not the grid canvas, squeezed to one tile.
-        thumbnail = image.resize((size, size), Image.Resampling.BICUBIC)
-        for channel, plane in enumerate(thumbnail.split()):
+        small = image.resize((size, size), Image.Resampling.BICUBIC)
+        for channel, plane in enumerate(small.split()):
             tiles[-1, channel] = np.asarray(plane)
-    return ImageTiles(pixels=pixels, grid=(cols, rows), num_tiles=num_tiles, original_size=(width, height))
+    return pixels
 
 
 def preprocess(
@@ -223,16 +242,18 @@ def preprocess_pixels(
     pin_memory: bool = False,
     to_rgb: Callable[[Image.Image], Image.Image] | None = None,
     choose: Callable[[int, int, ResolvedTiling], tuple[int, int]] = choose_grid,
+    tiler: DeviceTiler | None = None,
 ) -> ImageTiles:
     """Image bytes -> uint8 tiles, the CPU's share of `preprocess` (normalise them on the device
     with `vision_service.normalize.normalize`); ``to_rgb`` and ``choose`` (the grid rule) are
-    the model cards' in `tiling_card`. Raises ImageDecodeError for bad or oversized images."""
+    the model cards' in `tiling_card`; with ``tiler`` the CPU only decodes and the tiles are cut
+    on the tiler's device. Raises ImageDecodeError for bad or oversized images."""
     image = _open(data, max_pixels)
     original_size = image.size
     grid = choose(*original_size, opts)
     if fast_decode:
         _draft(image, grid, opts.tile_size)
-    return tile_pixels(_load(image, to_rgb), opts, original_size, pin_memory, grid)
+    return tile_pixels(_load(image, to_rgb), opts, original_size, pin_memory, grid, tiler)
 
 
 def _draft(image: Image.Image, grid: tuple[int, int], tile_size: int) -> None:

@@ -1,6 +1,7 @@
 """The preprocessing stage of one vision replica: decode, resize and tile, the CPU's share of
-preprocessing (the ViT's device rescales and normalises), in a pool of worker threads sized to
-the CPUs the replica may use.
+preprocessing (the ViT's device rescales and normalises; with a `DeviceTiler` it also resizes and
+tiles, and the workers only decode), in a pool of worker threads sized to the CPUs the replica
+may use.
 
 Threads, not processes: PIL releases the GIL while it decodes and resamples, numpy while it
 copies the planes into tiles, so the workers run in parallel; in threads the tiles need no
@@ -15,7 +16,9 @@ import asyncio
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
+from vision_service.device_tiling import DeviceTiler
 from vision_service.preprocess import ImageTiles, ResolvedTiling
 
 
@@ -33,7 +36,7 @@ class PreprocessPool:
     `preprocess_pixels` or the model cards' `preprocess_pixels_card`, by the checkpoint's layout."""
 
     def __init__(self, preprocess: Callable[..., ImageTiles], workers: int, max_pixels: int, fast_decode: bool = False,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, tiler: DeviceTiler | None = None) -> None:
         if workers < 1:
             raise ValueError(f"need at least one preprocessing worker, got {workers}")
         self.preprocess = preprocess
@@ -41,12 +44,14 @@ class PreprocessPool:
         self.max_pixels = max_pixels
         self.fast_decode = fast_decode
         self.pin_memory = pin_memory  # page-locked tiles, for a CUDA ViT
+        self.tiler = tiler  # resize and tile on the ViT's device: the workers only decode
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
 
     async def run(self, image: bytes, tiling: ResolvedTiling) -> ImageTiles:
         """Raises ImageDecodeError for bad or oversized images."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.preprocess, image, tiling, self.max_pixels, self.fast_decode, self.pin_memory)
+        work = partial(self.preprocess, image, tiling, self.max_pixels, self.fast_decode, self.pin_memory,
+                       tiler=self.tiler)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

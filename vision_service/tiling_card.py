@@ -24,6 +24,7 @@ from functools import lru_cache
 
 from PIL import Image
 
+from vision_service.device_tiling import DeviceTiler
 from vision_service.preprocess import (
     DEFAULT_MAX_PIXELS,
     ImageTiles,
@@ -90,7 +91,9 @@ def preprocess_card(data: bytes, opts: ResolvedTiling, max_pixels: int = DEFAULT
 
 
 def preprocess_pixels_card(data: bytes, opts: ResolvedTiling, max_pixels: int = DEFAULT_MAX_PIXELS,
-                           fast_decode: bool = False, pin_memory: bool = False) -> ImageTiles:
+                           fast_decode: bool = False, pin_memory: bool = False,
+                           tiler: DeviceTiler | None = None) -> ImageTiles:
     """Image bytes -> uint8 tiles as the cards cut them (the device normalises, as ``ToTensor`` +
     ``Normalize`` would): `preprocess_card` without the normalisation."""
-    return preprocess_pixels(data, opts, max_pixels, fast_decode, pin_memory, to_rgb=card_rgb, choose=choose_grid_card)
+    return preprocess_pixels(data, opts, max_pixels, fast_decode, pin_memory, to_rgb=card_rgb, choose=choose_grid_card,
+                             tiler=tiler)

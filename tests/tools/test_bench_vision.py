@@ -19,11 +19,12 @@ def test_every_section_runs_and_is_reported(tiny_ckpt):
     result = run_vision_bench(opts)
     assert result.tiles == sum(photo_sets_tiles(p) for p in photos)
     assert all(ms >= 0 for ms in result.stage_ms.values()) and result.stage_ms["ViT"] > 0
-    assert result.cpu_work.before_ms > 0 and result.cpu_work.uint8_ms > 0
+    assert result.cpu_work.before_ms > 0 and result.cpu_work.uint8_ms > 0 and result.cpu_work.handoff_ms > 0
+    assert result.stage_ms["resize + tile (on the device)"] > 0 and result.device_ops_per_image > 0
     assert set(result.scaling.tiles_per_s) == {("thread", 1), ("thread", 2)}
     assert result.encode_tiles_per_s > 0 and not result.fidelity
     report = format_report(result, opts)
-    for text in ("| decode |", "| ViT |", "| codec |", "x lower", "| thread | 2 |", "Feed ratio"):
+    for text in ("| decode |", "| ViT |", "| codec |", "x lower", "| thread | 2 |", "Feed ratio", "device resize"):
         assert text in report
 
 

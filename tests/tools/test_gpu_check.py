@@ -32,3 +32,14 @@ def test_gpu_check_dry_run_on_cpu(tiny_ckpt, tmp_path):
     assert report["fastapi_imported"] is False
     assert report["vision"]["check"] == "vision"  # the vision part: skipped without CUDA, its curve with it
     assert report["cuda_device"] == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+
+
+def test_device_tiling_bench_reports_equal_tiles_and_both_cpu_costs(tmp_path):
+    from tools.bench import device_tiling
+
+    out = tmp_path / "tiling.json"
+    assert device_tiling.main(["--device", "cpu", "--rounds", "1", "--synthetic", "640x480:1,900x300:1",
+                               "--synthetic-count", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["exact"] and report["tiles_equal"] and report["tiles"] > 2
+    assert report["cpu_ms_per_tile_pillow"] > 0 and report["cpu_ms_per_tile_device_resize"] > 0

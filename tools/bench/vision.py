@@ -6,7 +6,11 @@ the machine's load lands on all of them alike):
    was, the copy to the device + normalisation there, ViT, projector, codec; one stage at a time,
    ms per tile. Preprocessing runs in one thread, the model with the replica's torch threads.
 2. CPU work per tile, one thread: today's `preprocess` before (decode, resize, tile, normalise on
-   the CPU) against the uint8 path a GPU replica runs (decode, resize, tile; the device normalises).
+   the CPU) against the uint8 path (decode, resize, tile; the device normalises) and the path of a
+   replica that resizes on its device (`--resize-on-device`, the default on CUDA: decode and the
+   copy into the buffer the device reads; the device resizes, tiles and normalises). The kernel
+   launches of the device's part are CPU work too; without a GPU they cannot be timed here, so the
+   report counts the torch ops that part dispatches per image.
 3. Normalisation alone, one thread: the numpy table lookup before against the CPU normaliser now.
 4. Preprocessing tiles/s by worker count, for worker threads and worker processes: the images
    through a started, warmed pool, tiles back in this process.
@@ -61,6 +65,7 @@ class VisionBenchResult:
     tiles: int = 0
     stage_ms: dict[str, float] = field(default_factory=dict)
     cpu_work: stages.CpuWork | None = None
+    device_ops_per_image: float = 0.0
     normalise_ms: dict[str, float] = field(default_factory=dict)
     scaling: stages.Scaling | None = None
     encode_tiles_per_s: float = 0.0
@@ -89,6 +94,7 @@ def run_vision_bench(opts: VisionBenchOptions) -> VisionBenchResult:
     result.tiles = rounds[0][1]
     result.stage_ms = {s: statistics.median(r[0][s] for r in rounds) * 1000 / result.tiles for s in stages.STAGES}
     result.cpu_work = stages.cpu_work_per_tile(images, tiling, opts.rounds)
+    result.device_ops_per_image = stages.device_ops_per_image(images, tiling)
     result.normalise_ms = stages.normalise_per_tile(images, tiling, opts.rounds)
     result.scaling = stages.worker_scaling(images * opts.scaling_copies, tiling, opts.workers, opts.kinds, opts.rounds)
     result.encode_tiles_per_s, result.encode_ms_per_request = asyncio.run(_encode_end_to_end(opts))
@@ -180,7 +186,12 @@ def format_report(result: VisionBenchResult, opts: VisionBenchOptions) -> str:
               f"| before: decode, resize, tile, normalise on the CPU | {work.before_ms:.3f} | 1.00x |",
               f"| uint8: decode, resize, tile (the device normalises) | {work.uint8_ms:.3f} | "
               f"{work.before_ms / work.uint8_ms:.2f}x lower |",
-              f"rounds (before, uint8): {', '.join(f'({b:.2f}, {u:.2f})' for b, u in work.rounds)}", "",
+              f"| device resize: decode + hand-off (the device resizes, tiles, normalises) | {work.handoff_ms:.3f} | "
+              f"{work.before_ms / work.handoff_ms:.2f}x lower |",
+              "rounds (before, uint8, hand-off): "
+              + ", ".join(f"({b:.2f}, {u:.2f}, {h:.2f})" for b, u, h in work.rounds),
+              f"resizing and tiling on the device dispatches {result.device_ops_per_image:.0f} torch ops per image "
+              "(on CUDA about as many kernel launches, CPU time this table does not count)", "",
               f"normalisation on the CPU, one thread: before {norm['before']:.3f} CPU ms/tile, now {norm['now']:.3f} "
               f"CPU ms/tile: {norm['before'] / norm['now']:.2f}x faster", "",
               "Preprocessing tiles/s by workers:", "",
@@ -188,9 +199,11 @@ def format_report(result: VisionBenchResult, opts: VisionBenchOptions) -> str:
               *_scaling_rows(result.scaling), "",
               f"Encode end to end ({opts.requests} distinct images, {opts.concurrency} clients): "
               f"{result.encode_tiles_per_s:.2f} tiles/s, {result.encode_ms_per_request:.0f} ms per request", ""]
-    before, now = (preprocess_cores(opts.accelerator_vit_ms, ms) for ms in (work.before_ms, work.uint8_ms))
-    lines.append(f"Feed ratio (on paper): a ViT at {opts.accelerator_vit_ms} ms/tile needs {now:.1f} preprocessing "
-                 f"cores at {work.uint8_ms:.2f} CPU ms/tile (before: {before:.1f} cores at {work.before_ms:.2f})")
+    before, now, handoff = (preprocess_cores(opts.accelerator_vit_ms, ms)
+                            for ms in (work.before_ms, work.uint8_ms, work.handoff_ms))
+    lines.append(f"Feed ratio (on paper): a ViT at {opts.accelerator_vit_ms} ms/tile needs {handoff:.1f} preprocessing "
+                 f"cores at {work.handoff_ms:.2f} CPU ms/tile resizing on the device, {now:.1f} at "
+                 f"{work.uint8_ms:.2f} resizing on the CPU (before: {before:.1f} cores at {work.before_ms:.2f})")
     if result.fidelity:
         from tools.bench.vision_fidelity import format_fidelity
 

@@ -19,15 +19,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dvd import codec as codecs
 from dvd.types import Codec, Compression, VirMode
+from vision_service.device_tiling import DeviceTiler
 from vision_service.encoder import TileEncoder, VirPlan
 from vision_service.normalize import DeviceNormalizer, reference_table
 from vision_service.preprocess import ResolvedTiling, choose_grid, decode_image, preprocess_pixels, tile_pixels
 
-STAGES = ("decode", "resize + tile", "normalise (CPU, before)", "transfer + normalise (device)", "ViT", "projector",
-          "codec")
+STAGES = ("decode", "resize + tile", "resize + tile (on the device)", "normalise (CPU, before)",
+          "transfer + normalise (device)", "ViT", "projector", "codec")
 
 
 def normalize_before(tiles: np.ndarray) -> np.ndarray:
@@ -76,9 +78,14 @@ def stage_seconds(encoder: TileEncoder, images: list[bytes], opts: ResolvedTilin
     spinning for a while and would take CPU from a decode timed right after it."""
     spent = dict.fromkeys(STAGES, 0.0)
     plan, device, tiled = VirPlan(VirMode.OFF), encoder.device, []
+    tiler = DeviceTiler(device)
     for data in images:
         image, spent["decode"] = _add(spent["decode"], *_timed(decode_image, data))
         tiles, spent["resize + tile"] = _add(spent["resize + tile"], *_timed(tile_pixels, image, opts))
+        started = time.perf_counter()
+        tile_pixels(image, opts, tiler=tiler)
+        _sync(device)
+        spent["resize + tile (on the device)"] += time.perf_counter() - started
         hwc = tiles.pixels.permute(0, 2, 3, 1).numpy()
         _, spent["normalise (CPU, before)"] = _add(spent["normalise (CPU, before)"], *_timed(normalize_before, hwc))
         tiled.append(tiles.pixels)
@@ -106,23 +113,56 @@ class CpuWork:
     thread, not wall time: on a shared machine the wall time also counts waiting for a core."""
 
     before_ms: float  # decode, resize, tile, normalise on the CPU (today's `preprocess`)
-    uint8_ms: float  # decode, resize, tile into uint8 planes (a GPU replica's CPU share)
-    rounds: list[tuple[float, float]]
+    uint8_ms: float  # decode, resize, tile into uint8 planes (a GPU replica resizing on its CPU)
+    handoff_ms: float  # decode + the copy for the device (a GPU replica resizing on the device)
+    rounds: list[tuple[float, float, float]]
+
+
+def decode_and_hand_off(data: bytes, opts: ResolvedTiling, tiler: DeviceTiler) -> torch.Tensor:
+    """What a replica that resizes on its device leaves its CPU (`tile_pixels` with a tiler): decode,
+    choose the grid, copy the decoded bytes into the buffer the device copies from."""
+    image = decode_image(data)
+    choose_grid(*image.size, opts)
+    return tiler.upload(image)
 
 
 def cpu_work_per_tile(images: list[bytes], opts: ResolvedTiling, rounds: int) -> CpuWork:
     tiles = sum(preprocess_pixels(d, opts).num_tiles for d in images)
+    tiler = DeviceTiler(torch.device("cpu"))  # upload() on a CPU tiler: the staging copy, no transfer
+    paths = {"before": preprocess_before, "uint8": preprocess_pixels,
+             "handoff": lambda data, opts: decode_and_hand_off(data, opts, tiler)}
     samples = []
     for index in range(rounds):
-        order = [(preprocess_before, "before"), (preprocess_pixels, "uint8")]
         times = {}
-        for fn, name in order if index % 2 == 0 else order[::-1]:
+        for name in list(paths) if index % 2 == 0 else list(paths)[::-1]:
             started = time.thread_time()
             for data in images:
-                fn(data, opts)
+                paths[name](data, opts)
             times[name] = (time.thread_time() - started) * 1000 / tiles
-        samples.append((times["before"], times["uint8"]))
-    return CpuWork(statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples), samples)
+        samples.append((times["before"], times["uint8"], times["handoff"]))
+    return CpuWork(*(statistics.median(s[i] for s in samples) for i in range(3)), samples)
+
+
+class _CountOps(TorchDispatchMode):
+    """Counts the aten ops dispatched: on CUDA, roughly the kernel launches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def device_ops_per_image(images: list[bytes], opts: ResolvedTiling) -> float:
+    """Mean torch ops per image that resizing and tiling on the device dispatches."""
+    tiler, counter = DeviceTiler(torch.device("cpu")), _CountOps()
+    decoded = [decode_image(d) for d in images]
+    with counter:
+        for image in decoded:
+            tile_pixels(image, opts, tiler=tiler)
+    return counter.count / len(images)
 
 
 def normalise_per_tile(images: list[bytes], opts: ResolvedTiling, rounds: int, threads: int = 1) -> dict[str, float]:
