@@ -33,8 +33,9 @@ _PROBES = (((37, 23), (64, 40)), ((61, 97), (29, 31)), ((50, 10), (50, 21)), ((1
 class DeviceTiler:
     """A decoded RGB image -> its uint8 tiles [N, 3, T, T] on `device`."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, chunk_elements: int | None = None) -> None:
         self.device = device
+        self.chunk_elements = chunk_elements  # None: `resample`'s default for the device
         self.pin_memory = device.type == "cuda"
         self.exact = self._matches_pillow()
         if not self.exact:
@@ -54,11 +55,12 @@ class DeviceTiler:
         squeezed to one tile) when asked; as `preprocess.tile_pixels` cuts them."""
         cols, rows = grid
         source = self.upload(image)  # [H, W, 3]
-        canvas = resize(source, (cols * tile_size, rows * tile_size))  # [rows*T, cols*T, 3]
+        canvas = resize(source, (cols * tile_size, rows * tile_size), self.chunk_elements)  # [rows*T, cols*T, 3]
         tiles = canvas.view(rows, tile_size, cols, tile_size, 3).permute(0, 2, 4, 1, 3)  # [rows, cols, 3, T, T]
         parts = [tiles.reshape(rows * cols, 3, tile_size, tile_size)]
         if thumbnail:
-            parts.append(resize(source, (tile_size, tile_size)).permute(2, 0, 1)[None])  # [1, 3, T, T]
+            thumb = resize(source, (tile_size, tile_size), self.chunk_elements)  # [T, T, 3]
+            parts.append(thumb.permute(2, 0, 1)[None])  # [1, 3, T, T]
         return torch.cat(parts)
 
     def _matches_pillow(self) -> bool:

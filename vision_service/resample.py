@@ -94,7 +94,11 @@ def _device_coefficients(in_size: int, out_size: int, device: torch.device) -> t
 CHUNK_ELEMENTS = {"cuda": 1 << 25, "cpu": 1 << 22}
 
 
-def _resample_axis(pixels: torch.Tensor, out_size: int, dim: int) -> torch.Tensor:
+def default_chunk(device: torch.device) -> int:
+    return CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cuda"])
+
+
+def _resample_axis(pixels: torch.Tensor, out_size: int, dim: int, chunk_elements: int) -> torch.Tensor:
     """One Pillow pass along `dim` of a uint8 tensor: each output byte is the clipped fixed-point
     sum of its taps, in int32 like Pillow. Outputs are computed in chunks: gather every tap of
     the chunk's outputs at once, multiply by their weights, sum."""
@@ -103,7 +107,7 @@ def _resample_axis(pixels: torch.Tensor, out_size: int, dim: int) -> torch.Tenso
     source = pixels.movedim(dim, 0)  # [in, ...rest]
     rest = source.shape[1:]
     weights_t = weights_t.view(out_size, ksize, *([1] * len(rest)))  # [out, K, 1, ...]
-    step = max(1, CHUNK_ELEMENTS.get(pixels.device.type, CHUNK_ELEMENTS["cuda"]) // (ksize * rest.numel()))
+    step = max(1, chunk_elements // (ksize * rest.numel()))
     out = torch.empty((out_size, *rest), dtype=torch.uint8, device=pixels.device)  # [out, ...rest]
     for first in range(0, out_size, step):
         last = min(out_size, first + step)
@@ -113,10 +117,10 @@ def _resample_axis(pixels: torch.Tensor, out_size: int, dim: int) -> torch.Tenso
     return out.movedim(0, dim)
 
 
-def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize(image: torch.Tensor, size: tuple[int, int], chunk_elements: int | None = None) -> torch.Tensor:
     """image: [H, W, C] uint8 on any device -> [height, width, C] uint8, equal byte for byte to
     ``PIL.Image.resize((width, height), BICUBIC)`` of the same RGB image. `size` is (width, height),
-    as Pillow takes it."""
+    as Pillow takes it; `chunk_elements` bounds the int32 products held at once (default: by device)."""
     if image.dtype != torch.uint8 or image.dim() != 3:
         raise ValueError(f"expected a uint8 [H, W, C] image, got {image.dtype} {tuple(image.shape)}")
     width, height = size
@@ -126,7 +130,7 @@ def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         passes = ((width, 1), (height, 0))
     for out_size, dim in passes:
         if image.shape[dim] != out_size:  # Pillow skips a pass whose size does not change
-            image = _resample_axis(image, out_size, dim)
+            image = _resample_axis(image, out_size, dim, chunk_elements or default_chunk(image.device))
     return image.contiguous()
 
 

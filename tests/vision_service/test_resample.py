@@ -85,3 +85,12 @@ def test_resize_rejects_what_is_not_a_uint8_image():
         resize(torch.zeros(4, 4, 3), (2, 2))
     with pytest.raises(ValueError, match="uint8"):
         resize(torch.zeros(4, 4, dtype=torch.uint8), (2, 2))
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 5_000, 1 << 30])
+def test_any_chunking_gives_the_same_bytes(chunk_elements):
+    """One output per chunk, a few, or the whole pass at once: the chunks partition the outputs."""
+    pixels = np.random.default_rng(5).integers(0, 256, (301, 157, 3), dtype=np.uint8)
+    for target in ((448, 448), (60, 90), (157, 20)):
+        got = resize(torch.from_numpy(pixels), target, chunk_elements).numpy()
+        np.testing.assert_array_equal(got, pillow(pixels, target))

@@ -190,8 +190,8 @@ def format_report(result: VisionBenchResult, opts: VisionBenchOptions) -> str:
               f"{work.before_ms / work.handoff_ms:.2f}x lower |",
               "rounds (before, uint8, hand-off): "
               + ", ".join(f"({b:.2f}, {u:.2f}, {h:.2f})" for b, u, h in work.rounds),
-              f"resizing and tiling on the device dispatches {result.device_ops_per_image:.0f} torch ops per image "
-              "(on CUDA about as many kernel launches, CPU time this table does not count)", "",
+              f"resizing and tiling on a CUDA device dispatches {result.device_ops_per_image:.0f} torch ops per image "
+              "(about as many kernel launches: CPU time this table does not count)", "",
               f"normalisation on the CPU, one thread: before {norm['before']:.3f} CPU ms/tile, now {norm['now']:.3f} "
               f"CPU ms/tile: {norm['before'] / norm['now']:.2f}x faster", "",
               "Preprocessing tiles/s by workers:", "",

@@ -27,6 +27,7 @@ from vision_service.device_tiling import DeviceTiler
 from vision_service.encoder import TileEncoder, VirPlan
 from vision_service.normalize import DeviceNormalizer, reference_table
 from vision_service.preprocess import ResolvedTiling, choose_grid, decode_image, preprocess_pixels, tile_pixels
+from vision_service.resample import default_chunk
 
 STAGES = ("decode", "resize + tile", "resize + tile (on the device)", "normalise (CPU, before)",
           "transfer + normalise (device)", "ViT", "projector", "codec")
@@ -156,8 +157,9 @@ class _CountOps(TorchDispatchMode):
 
 
 def device_ops_per_image(images: list[bytes], opts: ResolvedTiling) -> float:
-    """Mean torch ops per image that resizing and tiling on the device dispatches."""
-    tiler, counter = DeviceTiler(torch.device("cpu")), _CountOps()
+    """Mean torch ops per image that resizing and tiling on a CUDA device dispatches: counted on
+    the CPU with CUDA's chunk size, so the same sequence of ops."""
+    tiler, counter = DeviceTiler(torch.device("cpu"), default_chunk(torch.device("cuda"))), _CountOps()
     decoded = [decode_image(d) for d in images]
     with counter:
         for image in decoded:
