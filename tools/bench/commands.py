@@ -168,7 +168,8 @@ def register_plan(sub) -> None:
     p.add_argument("--tokens-per-tile", type=int, default=256, help="256; 64 for ViR-compressed tiles")
     p.add_argument("--utilization", type=float, default=0.8, help="cap on each pool's busy fraction")
     p.add_argument("--preprocess-ms-per-tile", type=float, default=0.0,
-                   help="CPU ms per tile of one preprocessing worker (`dvd bench vision`, CPU work per tile): "
+                   help="CPU ms per tile of one preprocessing worker (`dvd bench vision`, CPU work per tile: "
+                        "the hand-off row for a CUDA replica resizing on its device, the uint8 row otherwise): "
                         "also print the preprocessing cores a vision replica needs")
     p.add_argument("--vit-ms-per-tile", type=float, default=0.0,
                    help="with --preprocess-ms-per-tile: the replica's ViT ms per tile (default: 1000 / "
