@@ -84,6 +84,17 @@ def video_bytes(num_frames: int = 16, width: int = 64, height: int = 48, codec: 
     return buf.getvalue()
 
 
+def jpeg(width: int, height: int, seed: int = 0) -> bytes:
+    """A gradient with seeded noise as a q90 JPEG: photo-like enough for resampling and decoding."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width]
+    base = np.stack([xs * 255 // width, ys * 255 // height, (xs + ys) % 256], -1)
+    pixels = np.clip(base + rng.integers(-20, 21, size=(height, width, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
 def png_bytes(width: int, height: int, seed: int | None = None, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
     """A solid-colour image, or seeded noise when `seed` is given."""
     if seed is None:

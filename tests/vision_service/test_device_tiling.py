@@ -1,6 +1,8 @@
 """Resizing and tiling on the ViT's device: the same tiles as the CPU path, byte for byte, for
 both preprocessings (HF processor, model cards), every tiling option and reduced-size decoding;
-chosen only where asked and exact; a device out of memory falls back to the CPU for that image."""
+chosen only where asked and exact; a device out of memory falls back to the CPU for that image.
+The service's modules are imported inside the tests that need them, so the CUDA cases run on a
+bare GPU machine (scripts/gpu_check_vision.sh) with only torch, numpy and Pillow."""
 
 from __future__ import annotations
 
@@ -10,11 +12,7 @@ import pytest
 import torch
 
 from dvd.config import DeviceConfig, VisionConfig
-from dvd.types import TilingOptions, VirOptions
-from tests.conftest import png_bytes, shapes_png
-from tests.vision_service.test_preprocess_pool import jpeg
-from vision_service.__main__ import parse_config
-from vision_service.core import VisionCore
+from tests.conftest import jpeg, png_bytes, shapes_png
 from vision_service.device_tiling import DeviceTiler, device_tiler
 from vision_service.preprocess import ResolvedTiling, preprocess_pixels
 from vision_service.preprocess_pool import PreprocessPool
@@ -49,6 +47,8 @@ def test_device_tiles_follow_reduced_size_decoding():
 
 
 def test_the_device_tiles_only_where_asked_and_exact(monkeypatch):
+    from vision_service.__main__ import parse_config
+
     cpu = torch.device("cpu")
     assert device_tiler("auto", cpu) is None  # Pillow's C is faster on a CPU device
     assert device_tiler("off", cpu) is None
@@ -85,6 +85,9 @@ async def test_pool_hands_the_tiler_to_its_workers():
 
 @pytest.mark.parametrize("ckpt_name", ["tiny_ckpt", "tiny_flash_ckpt"])
 def test_a_replica_that_tiles_on_its_device_stores_the_same_embeddings(ckpt_name, request):
+    from dvd.types import TilingOptions, VirOptions
+    from vision_service.core import VisionCore
+
     ckpt = request.getfixturevalue(ckpt_name)
     blobs = []
     for setting in ("off", "on"):

@@ -8,26 +8,16 @@ import asyncio
 import io
 import os
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from dvd.config import VisionConfig
+from tests.conftest import jpeg
 from vision_service.__main__ import parse_config
 from vision_service.preprocess import ImageDecodeError, ResolvedTiling, preprocess, preprocess_pixels
 from vision_service.preprocess_pool import PreprocessPool, default_workers
 from vision_service.tiling_card import preprocess_card, preprocess_pixels_card
-
-
-def jpeg(width: int, height: int, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:height, 0:width]
-    base = np.stack([xs * 255 // width, ys * 255 // height, (xs + ys) % 256], -1)
-    pixels = np.clip(base + rng.integers(-20, 21, size=(height, width, 3)), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
 
 
 def test_default_workers_follow_the_affinity_mask():
