@@ -32,6 +32,8 @@ def concat_tiles(parts: list[torch.Tensor]) -> torch.Tensor:
     device stays non-blocking without another copy. One image's tiles are used as they are."""
     if len(parts) == 1:
         return parts[0]
+    if len({p.device for p in parts}) > 1:  # an image tiled on the CPU (device out of memory) among device ones
+        parts = [p.cpu() for p in parts]
     first = parts[0]
     out = torch.empty((sum(p.shape[0] for p in parts), *first.shape[1:]), dtype=first.dtype, device=first.device,
                       pin_memory=first.device.type == "cpu" and first.is_pinned())

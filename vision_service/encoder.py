@@ -90,7 +90,7 @@ class TileEncoder:
         without blocking this thread, and are rescaled and normalised on the device."""
         if pixel_values.dtype != torch.uint8:
             return pixel_values.to(self.device, self.dtype)
-        if self.device.type == "cuda" and pixel_values.device != self.device:  # tiles cut on the device stay
+        if self.device.type == "cuda" and pixel_values.device.type == "cpu":  # tiles cut on the device stay there
             staged = pixel_values if pixel_values.is_pinned() else pixel_values.pin_memory()
             pixel_values = staged.to(self.device, non_blocking=True)
         return self.normalizer(pixel_values).to(self.dtype)
