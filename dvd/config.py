@@ -115,6 +115,7 @@ class LanguageConfig:
     # Bit-exact batch invariance (solo == batched logits) at a throughput cost; default: the fast path
     batch_invariant: bool = False
     cuda_graphs: bool = True  # decode under CUDA graphs on a GPU (ignored on CPU)
+    fused_layers: bool = True  # fast path: batched forwards through the fused decoder layer (engine/fused.py)
     metrics_port: int = 9092  # Prometheus /metrics over HTTP; 0 picks a free port
     fetch_timeout_s: float = 30.0
     drain_grace_s: float = 30.0

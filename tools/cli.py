@@ -152,6 +152,9 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     en.add_argument("--attention", default="auto", help="auto | sdpa | eager | flash_attention_2")
     en.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on a GPU")
     en.add_argument("--batch-invariant", action="store_true", help="measure the bit-exact mode instead")
+    en.add_argument("--layers", choices=("both", "fused", "stock"), default="both",
+                    help="the engine's decoder layers in batched forwards: both (fused and stock alternating, "
+                         "each next to generate), fused (the service default) or stock (transformers')")
     en.add_argument("--no-baseline", action="store_true", help="skip transformers generate (and Poisson)")
     en.add_argument("--poisson-requests", type=int, default=48, help="0 skips the Poisson comparison")
     en.add_argument("--poisson-rate", type=float, default=0.0, help="requests/s (0: the engine's top request rate)")
@@ -173,14 +176,15 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
 def cmd_bench_engine(a: argparse.Namespace) -> int:
     import json
 
-    from tools.bench.engine import EngineBenchOptions, format_table, run_engine_bench
+    from tools.bench.engine import EngineBenchOptions, run_engine_bench
+    from tools.bench.engine_report import format_table
 
     checkpoint = ensure_checkpoint(a.preset, Path(a.checkpoint_root))
     opts = EngineBenchOptions(
         checkpoint=Path(checkpoint), concurrency=tuple(int(c) for c in a.concurrency.split(",")),
         max_tokens=a.max_tokens, prompt_tokens=a.prompt_tokens, repeats=a.repeats, device=a.device, dtype=a.dtype,
         attention=a.attention, threads=a.threads, cuda_graphs=not a.no_cuda_graphs, batch_invariant=a.batch_invariant,
-        baseline=not a.no_baseline, poisson_requests=a.poisson_requests, poisson_rate=a.poisson_rate)
+        layers=a.layers, baseline=not a.no_baseline, poisson_requests=a.poisson_requests, poisson_rate=a.poisson_rate)
     result = run_engine_bench(opts)
     print(format_table(result, opts))
     if a.json:

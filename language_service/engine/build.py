@@ -27,7 +27,7 @@ def build_engine(cfg: LanguageConfig, model, image_token_id: int, attn_implement
     block_size = cfg.kv_block_size or (FLASH_BLOCK_SIZE if backend == "flash" else CPU_BLOCK_SIZE)
     blocks = BlockManager(cfg.max_kv_tokens // block_size, block_size)
     runner = ModelRunner(model, image_token_id, blocks.num_blocks, block_size, backend, cfg.batch_invariant,
-                         cfg.cuda_graphs, cfg.max_running_seqs)
+                         cfg.cuda_graphs, cfg.max_running_seqs, cfg.fused_layers)
     scheduler = Scheduler(cfg.max_running_seqs, cfg.max_queue, blocks, cfg.max_prefill_tokens,
                           replay_outputs=cfg.batch_invariant)
     return Engine(runner, scheduler, eos_token_ids, max_model_len, metrics)

@@ -1,6 +1,8 @@
 """Decode under CUDA graphs (as nano-vllm and vLLM do): one graph per (batch-size bucket,
-key-length bucket), captured the first time a step needs it, replayed afterwards; prefill and
-anything larger than the biggest bucket run eagerly.
+key-length bucket, layer path), captured the first time a step needs it, replayed afterwards;
+prefill and anything larger than the biggest bucket run eagerly. A graph holds whichever layers
+its forward ran (`DecoderForward.fuses`: fused for buckets of more than one row, unless switched
+off), so the layer path is part of its key.
 
 A graph replays fixed kernels on fixed buffers, so everything that varies per step lives in
 static tensors refilled before each replay: token ids, the slots the new keys go to, the rotary
@@ -50,7 +52,7 @@ class DecodeGraphs:
                  flash: bool) -> None:
         self.forward, self.kv, self.planner, self.flash = forward, kv, planner, flash
         self.batches = batch_buckets(max_batch)
-        self.graphs: dict[tuple[int, int], _Graph] = {}
+        self.graphs: dict[tuple[int, int, bool], _Graph] = {}
         self.pool = None
 
     def fits(self, seqs: list[Sequence]) -> bool:
@@ -62,7 +64,7 @@ class DecodeGraphs:
         width = max(MIN_KEY_BUCKET, 1 << (num_keys - 1).bit_length())  # keys (SDPA) per row, padded
         if self.flash:
             width = -(-width // self.kv.block_size)  # blocks per row
-        key = (bucket(len(seqs), self.batches), width)
+        key = (bucket(len(seqs), self.batches), width, self.forward.use_fused)  # the layer path is baked in
         graph = self.graphs.get(key) or self._capture(*key)
         self._load(graph, seqs, ids)
         graph.graph.replay()
@@ -90,7 +92,9 @@ class DecodeGraphs:
         g.lengths.copy_((torch.arange(num_keys, device=pos.device)[None] <= pos[:, None])[:, None, None])
         g.writes.copy_(slots.gather(1, pos[:, None]).view(-1))
 
-    def _capture(self, rows: int, width: int) -> _Graph:
+    def _capture(self, rows: int, width: int, fused: bool) -> _Graph:
+        """Captures the bucket's step; `fused` (the forward's `use_fused` now) is part of its key only:
+        the forward picks the path itself, fused for buckets of more than one row."""
         device, head_dim = self.kv.kv.device, self.kv.head_dim
         long = dict(dtype=torch.long, device=device)
         if self.flash:
@@ -121,5 +125,5 @@ class DecodeGraphs:
             logits = step()
         self.pool = graph.pool()
         captured = _Graph(graph, ids, cos, sin, writes, keys, lengths, logits)
-        self.graphs[(rows, width)] = captured
+        self.graphs[(rows, width, fused)] = captured
         return captured

@@ -49,11 +49,20 @@ class PagedKVCache(Cache):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """key/value_states: [rows, kv_heads, new_tokens, head_dim]. Writes them at the planned
-        slots; returns this layer's whole cache (keys, values), each [slots, kv_heads, head_dim],
-        for the paged attention (`attention.py`) to gather from."""
-        keys, values = self.kv[layer_idx]  # each [slots, kv_heads, head_dim]
+        """key/value_states: [rows, kv_heads, new_tokens, head_dim] (the stock attention modules'
+        layout). Writes them at the planned slots; returns this layer's whole cache (keys, values),
+        each [slots, kv_heads, head_dim], for the paged attention (`attention.py`) to gather from."""
         # [rows, kv_heads, new, dim] -> [rows * new, kv_heads, dim], matching the row-major slots
-        keys.index_copy_(0, self._write_slots, key_states.transpose(1, 2).reshape(-1, *keys.shape[1:]))
-        values.index_copy_(0, self._write_slots, value_states.transpose(1, 2).reshape(-1, *values.shape[1:]))
+        shape = (-1, self.num_kv_heads, self.head_dim)
+        keys, values = self.write(layer_idx, key_states.transpose(1, 2).reshape(shape),
+                                  value_states.transpose(1, 2).reshape(shape))
         return keys, values
+
+    def write(self, layer_idx: int, keys_new: torch.Tensor, values_new: torch.Tensor) -> torch.Tensor:
+        """keys_new/values_new: [rows * new_tokens, kv_heads, head_dim] (row-major, any strides),
+        written at the planned slots. Returns this layer's cache [2 (keys, values), slots, kv_heads, head_dim]."""
+        layer_kv = self.kv[layer_idx]
+        keys, values = layer_kv  # each [slots, kv_heads, head_dim]
+        keys.index_copy_(0, self._write_slots, keys_new)
+        values.index_copy_(0, self._write_slots, values_new)
+        return layer_kv

@@ -24,12 +24,22 @@ class ForwardInputs:
 class Planner:
     """Knows the cache geometry; builds `ForwardInputs` for decode and prefill forwards."""
 
-    def __init__(self, block_size: int, scratch_block: int, device: torch.device, kernel: str = "sdpa") -> None:
+    def __init__(self, block_size: int, scratch_block: int, device: torch.device, kernel: str = "sdpa",
+                 dtype: torch.dtype = torch.float32) -> None:
         self.block_size = block_size
         self.scratch_block = scratch_block
         self.device = device
         self.kernel = KERNELS[kernel]
+        self.dtype = dtype
         self._offsets = torch.arange(block_size, device=device)
+
+    def batch_mask(self, keep: torch.Tensor) -> torch.Tensor:
+        """A batched plan's keep-mask, for every layer of the forward. For SDPA it is made additive
+        (0 / -inf in the model's dtype) once here: SDPA converts a bool mask exactly so inside each
+        call, once per layer; the eager kernel takes the bool mask."""
+        if self.kernel is KERNELS["eager"]:
+            return keep
+        return torch.zeros(keep.shape, dtype=self.dtype, device=self.device).masked_fill_(~keep, float("-inf"))
 
     def tensor(self, values) -> torch.Tensor:
         return torch.tensor(values, device=self.device)
@@ -49,7 +59,7 @@ class Planner:
         pos = self.tensor(positions)
         mask = None
         if min(positions) + 1 < num_keys:  # rows of different lengths: hide each row's padding keys
-            mask = (torch.arange(num_keys, device=self.device)[None] <= pos[:, None])[:, None, None]  # [R, 1, 1, S]
+            mask = self.batch_mask((torch.arange(num_keys, device=self.device)[None] <= pos[:, None])[:, None, None])
         writes = slots.gather(1, pos[:, None]).view(-1)
         plan = BatchedPlan(len(seqs), num_keys, slots.reshape(-1), mask, kernel=self.kernel)
         return ForwardInputs(pos[:, None], writes, plan)
@@ -88,7 +98,8 @@ class Planner:
         width = int(lengths.max())
         starts = self.tensor([c.start for c in chunks])
         query_pos = starts[:, None] + torch.arange(width, device=self.device)[None]  # [C, T]
-        mask = (torch.arange(num_keys, device=self.device)[None, None] <= query_pos[:, :, None])[:, None]
+        keep = torch.arange(num_keys, device=self.device)[None, None] <= query_pos[:, :, None]  # [C, T, S]
+        mask = self.batch_mask(keep[:, None])
         local = torch.arange(width)[None]  # [1, T]
         query_index = torch.where(local < lengths[:, None], (ends - lengths)[:, None] + local, 0)  # [C, T]
         output_index = row_of * width + positions - starts[row_of]  # [N]

@@ -6,9 +6,11 @@ Fast path (the default):
   per batch-size bucket when enabled.
 - Prefill: every scheduled prompt chunk packed into one `[1, tokens]` forward, fed `inputs_embeds`
   (text embeddings with the image features scattered into the chunk's `<IMG_CONTEXT>` positions).
+- Layers: batched forwards (several rows or chunks) run the fused decoder layers (`fused.py`,
+  `fused_layers=True`), a single row the stock transformers layers (`forward.py`).
 
 Batch-invariant mode (`batch_invariant=True`): a sequence's logits do not depend on its
-neighbours, bit for bit. Attention runs per row (`RowsPlan`), every prompt chunk gets its own
+neighbours, bit for bit. Stock layers only; attention runs per row (`RowsPlan`), every prompt chunk gets its own
 forward, and decode batches are padded to a multiple of `DECODE_ROW_MULTIPLE` rows: BLAS picks
 different kernels, with different summation orders, for different row counts (MKL's sgemm on
 AVX2 computes small-M products in 4-row tiles whose results differ from the 1-3 row remainder
@@ -34,7 +36,8 @@ BACKENDS = ("sdpa", "eager", "flash")
 
 class ModelRunner:
     def __init__(self, model, image_token_id: int, num_blocks: int, block_size: int, backend: str = "sdpa",
-                 batch_invariant: bool = False, cuda_graphs: bool = False, max_graph_batch: int = 64) -> None:
+                 batch_invariant: bool = False, cuda_graphs: bool = False, max_graph_batch: int = 64,
+                 fused_layers: bool = True) -> None:
         layer_types = set(getattr(model.config, "layer_types", None) or ["full_attention"])
         if layer_types != {"full_attention"}:
             raise ValueError(f"the engine runs full-attention decoders only, this one has {sorted(layer_types)}")
@@ -48,8 +51,9 @@ class ModelRunner:
         self.batch_invariant = batch_invariant
         self.decode_row_multiple = DECODE_ROW_MULTIPLE if batch_invariant else 1
         self.kv = PagedKVCache(model.config, num_blocks, block_size, self.device, self.dtype)
-        self.planner = Planner(block_size, num_blocks, self.device, "eager" if backend == "eager" else "sdpa")
-        self.forward = DecoderForward(model)
+        kernel = "eager" if backend == "eager" else "sdpa"
+        self.planner = Planner(block_size, num_blocks, self.device, kernel, self.dtype)
+        self.forward = DecoderForward(model, fused=fused_layers and not batch_invariant)
         self.embed_tokens = self.forward.embed_tokens
         model.set_attn_implementation(PAGED_ATTENTION)
         self.graphs = None

@@ -18,7 +18,7 @@ from language_service.engine.forward import cache_kwarg
 from tests.language_service.conftest import drive
 from tests.language_service.test_engine_batching import _staggered, recording
 
-LOGIT_BOUND = 1e-3  # absolute; observed max 1.7e-5 (tiny) and 3.8e-5 (small) on STAGGERED
+LOGIT_BOUND = 1e-3  # absolute; observed max 2.4e-5 (tiny) and 4.3e-5 (small) on STAGGERED, fused layers
 
 
 def _check_against_solo(kit, limits: dict) -> int:

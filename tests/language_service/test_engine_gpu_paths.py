@@ -1,5 +1,6 @@
 """The GPU-only paths: CUDA-graph decode and flash-attn's paged decode. On CPU they must stay out
-of the way (the runner never builds them); with CUDA, graph replay must give eager's tokens.
+of the way (the runner never builds them); with CUDA, graph replay must give eager's tokens (the
+batched buckets replay the fused decoder layers, `engine/fused.py`).
 scripts/gpu_check.sh exercises them end to end on a GPU machine."""
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def _tokens_on_cuda(kit, attention: str, graphs: bool, dtype: torch.dtype = torc
         assert (engine.runner.graphs is not None) == graphs
         requests = [kit.request(f"g{i}", f"graph request {i} " * (i + 1), 12) for i in range(3)]
         drive(engine, {0: requests})
+        if graphs:  # three rows decode in the 4-row bucket: captured through the fused layers
+            assert any(fused for (_, _, fused) in engine.runner.graphs.graphs)
         return [r.token_ids for r in requests]
     finally:
         kit.model.to("cpu", torch.float32)

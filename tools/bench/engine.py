@@ -15,12 +15,17 @@ distinct chat prompts of about `prompt_tokens` tokens; every request is greedy w
    paired ratios (each engine run over the generate run right after it). Also per CPU-second of
    the process (`time.process_time`): on a shared machine the wall clock also counts the time
    other processes held the CPU, the CPU clock only the work done (CPU only: GPU work is async).
+   With `layers="both"` (the default) each repeat runs the engine twice, with the fused decoder
+   layers and with transformers' stock ones (`DecoderForward.use_fused`, same replica, same
+   weights; which goes first alternates per repeat, so neither always follows a generate run),
+   then generate: both engine variants are paired with the same generate run.
 2. Poisson: `poisson_requests` requests at `poisson_rate`/s (0: the engine's measured request
    rate at the top concurrency, a load both servers see as busy) to the engine and to the
    static-batch server, same arrival times. Tokens/s over the makespan (first arrival to last
    finish), and mean latency (arrival to last token). Twice: every request `max_tokens` long
    ("fixed"), and lengths uniform around the same mean (`mixed_lengths`, "mixed": requests that
    stop at different points; the static server runs each batch to its longest).
+   The engine runs with the fused decoder layers (`layers="fused"`, the service's default).
 3. KV capacity (`kv_capacity.py`, no model): sequences running at once at a fixed KV budget,
    2048 max_tokens but 64 actual output tokens, paged vs worst-case reservation."""
 
@@ -55,6 +60,7 @@ class EngineBenchOptions:
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     cuda_graphs: bool = True
     batch_invariant: bool = False
+    layers: str = "both"  # engine decoder layers: fused | stock | both (fused and stock alternating)
     baseline: bool = True  # measure transformers generate side by side
     poisson_requests: int = 48  # 0: skip the Poisson comparison
     poisson_rate: float = 0.0
@@ -83,6 +89,7 @@ class EngineBenchResult:
     device: str
     engine_runs: dict[int, list[Run]] = field(default_factory=dict)  # concurrency -> runs, in order
     generate_runs: dict[int, list[Run]] = field(default_factory=dict)  # paired with engine_runs
+    stock_runs: dict[int, list[Run]] = field(default_factory=dict)  # layers="both": the stock-layer engine
     poisson: dict = field(default_factory=dict)
     kv: KvCapacity | None = None
 
@@ -95,17 +102,25 @@ class EngineBenchResult:
     def generate(self) -> dict[int, float]:
         return {c: statistics.median(r.rate for r in runs) for c, runs in self.generate_runs.items()}
 
-    def ratios(self, cpu: bool = False) -> dict[int, float]:
-        """Concurrency -> median of the paired engine / generate ratios (wall or CPU clock)."""
+    def ratios(self, cpu: bool = False, runs: dict[int, list[Run]] | None = None,
+               over: dict[int, list[Run]] | None = None) -> dict[int, float]:
+        """Concurrency -> median of the paired per-repeat ratios (wall or CPU clock): `runs`
+        (default the engine's) over `over` (default generate's)."""
+        return {c: statistics.median(ratios) for c, ratios in self.paired(cpu, runs, over).items()}
+
+    def paired(self, cpu: bool = False, runs: dict[int, list[Run]] | None = None,
+               over: dict[int, list[Run]] | None = None) -> dict[int, list[float]]:
+        """Concurrency -> the per-repeat ratios, in run order."""
         pick = (lambda r: r.cpu_rate) if cpu else (lambda r: r.rate)
-        return {c: statistics.median(pick(e) / pick(g) for e, g in zip(runs, self.generate_runs[c]))
-                for c, runs in self.engine_runs.items() if self.generate_runs.get(c)}
+        runs, over = runs if runs is not None else self.engine_runs, over if over is not None else self.generate_runs
+        return {c: [pick(a) / pick(b) for a, b in zip(rs, over[c])] for c, rs in runs.items() if over.get(c)}
 
     def as_dict(self) -> dict:
         return {"device": self.device, "engine_tokens_per_s": self.engine, "generate_tokens_per_s": self.generate,
                 "engine_over_generate": self.ratios(), "engine_over_generate_cpu": self.ratios(cpu=True),
                 "engine_runs": {c: [asdict(r) for r in v] for c, v in self.engine_runs.items()},
                 "generate_runs": {c: [asdict(r) for r in v] for c, v in self.generate_runs.items()},
+                "stock_layer_runs": {c: [asdict(r) for r in v] for c, v in self.stock_runs.items()},
                 "poisson": self.poisson, "kv_capacity": asdict(self.kv) if self.kv else None}
 
 
@@ -214,24 +229,46 @@ def run_engine_bench(opts: EngineBenchOptions) -> EngineBenchResult:
     result = EngineBenchResult(f"{core.device_desc}, engine attention {runner.backend}"
                                f"{' + CUDA graphs' if runner.graphs else ''}, "
                                f"{'batch-invariant' if runner.batch_invariant else 'fast path'}, "
-                               f"{torch.get_num_threads()} torch threads")
+                               f"{_layers_desc(runner, opts.layers)}, {torch.get_num_threads()} torch threads")
+    modes = {"fused": (True,), "stock": (False,), "both": (True, False)}[opts.layers]
+    if runner.forward.fused_layers is None:  # batch-invariant, or a model the fused layer does not take
+        modes = (False,)
+    runs = {True: result.engine_runs, False: result.stock_runs if len(modes) == 2 else result.engine_runs}
     try:
         top = prompts[: max(opts.concurrency)]
-        engine_run(core, top, opts.max_tokens)  # warm-up: allocator, kernels, CUDA graphs
+        for fused in modes:  # warm-up: allocator, kernels, CUDA graphs
+            _use_fused(runner.forward, fused)
+            engine_run(core, top, opts.max_tokens)
         if reference is not None:
             generate_run(reference, top, opts.max_tokens, pad_id)
-        for _ in range(opts.repeats):
+        for repeat in range(opts.repeats):
             for c in opts.concurrency:
-                result.engine_runs.setdefault(c, []).append(engine_run(core, prompts[:c], opts.max_tokens))
+                for fused in modes[::-1] if repeat % 2 else modes:  # each variant first in every other repeat
+                    _use_fused(runner.forward, fused)
+                    runs[fused].setdefault(c, []).append(engine_run(core, prompts[:c], opts.max_tokens))
                 if reference is not None:
                     result.generate_runs.setdefault(c, []).append(
                         generate_run(reference, prompts[:c], opts.max_tokens, pad_id))
+        _use_fused(runner.forward, modes[0])
         if opts.poisson_requests and reference is not None:
             result.poisson = _poisson(core, reference, prompts[: opts.poisson_requests], opts, pad_id, result)
     finally:
         core.stop()
     result.kv = kv_capacity(opts.kv_budget_tokens, opts.prompt_tokens, 2048, 64, runner.kv.block_size)
     return result
+
+
+def _use_fused(forward, fused: bool) -> None:
+    """Switches the engine's batched forwards between the fused and the stock decoder layers
+    (between runs only: the engine thread is idle then)."""
+    forward.use_fused = fused and forward.fused_layers is not None
+
+
+def _layers_desc(runner, layers: str) -> str:
+    if runner.forward.fused_layers is None:
+        return "stock decoder layers" + ("" if runner.batch_invariant else " (the fused layer does not take this model)")
+    return {"fused": "fused decoder layers", "stock": "stock decoder layers",
+            "both": "fused and stock decoder layers alternating"}[layers]
 
 
 def _poisson(core, reference, prompts, opts: EngineBenchOptions, pad_id: int, result: EngineBenchResult) -> dict:
@@ -251,32 +288,3 @@ def _poisson(core, reference, prompts, opts: EngineBenchOptions, pad_id: int, re
                      "static_mean_latency_s": statistics.mean(static_lat),
                      "static_mean_batch": statistics.mean(static.batch_sizes)}
     return out
-
-
-def format_table(result: EngineBenchResult, opts: EngineBenchOptions) -> str:
-    base_c = opts.concurrency[0]
-    lines = [f"engine vs transformers generate: {opts.checkpoint.name}, {result.device}",
-             f"~{opts.prompt_tokens}-token prompts, {opts.max_tokens} greedy tokens each, whole-run tokens/s "
-             f"(prefill included), median of {opts.repeats}, engine and generate alternating", "",
-             f"| concurrency | engine tokens/s | generate tokens/s | engine / generate | same, CPU clock | "
-             f"engine vs concurrency {base_c} | same, CPU clock |", "|---:|---:|---:|---:|---:|---:|---:|"]
-    engine, generate, ratios, cpu_ratios = result.engine, result.generate, result.ratios(), result.ratios(cpu=True)
-    cpu = {c: statistics.median(r.cpu_rate for r in runs) for c, runs in result.engine_runs.items()}
-    nan = float("nan")
-    for c, rate in engine.items():
-        lines.append(f"| {c} | {rate:.1f} | {generate.get(c, nan):.1f} | {ratios.get(c, nan):.2f}x | "
-                     f"{cpu_ratios.get(c, nan):.2f}x | {rate / engine[base_c]:.2f}x | {cpu[c] / cpu[base_c]:.2f}x |")
-    lines += [""] if result.poisson else []
-    for name, p in result.poisson.items():
-        lines += [f"Poisson arrivals, {name} output lengths (mean {p['mean_tokens']:.0f}): "
-                  f"{p['num_requests']} requests at {p['rate_per_s']:.2f}/s; engine "
-                  f"{p['engine_tokens_per_s']:.1f} tokens/s vs static-batch server {p['static_tokens_per_s']:.1f} "
-                  f"({p['engine_tokens_per_s'] / p['static_tokens_per_s']:.2f}x, static batches of "
-                  f"{p['static_mean_batch']:.1f} on average); mean latency "
-                  f"{p['engine_mean_latency_s']:.2f} s vs {p['static_mean_latency_s']:.2f} s"]
-    if result.kv:
-        kv = result.kv
-        lines += ["", f"KV capacity at {kv.budget_tokens} tokens (max_tokens 2048, 64 actual output tokens, "
-                  f"blocks of {kv.block_size}): paged {kv.paged_mean:.0f} sequences running on average while queued "
-                  f"(peak {kv.paged_peak}, {kv.num_preemptions} preemptions) vs {kv.reserved} reserved: {kv.ratio:.1f}x"]
-    return "\n".join(lines)

@@ -3,10 +3,13 @@
 For each batch size B, in one process on the same weights: (1) the decoder's matmuls alone, the
 checkpoint's own Linear modules (every layer's q/k/v/o and MLP projections, and lm_head) on
 random [B, 1, hidden] inputs, nothing else; (2) the engine's full decode step with B rows (all
-prefilled, decode only: embedding, the stock decoder layers, paged attention, sampling), timed
-around `ModelRunner.run` while B requests decode. The gap is the engine's cost beyond the GEMMs;
-the paged attention calls (gather + kernel) are timed within the step. The matmuls' growth with B says whether a step is bound by per-call overhead (flat) or by compute
-(proportional to B), which bounds what batching can buy. Median milliseconds."""
+prefilled, decode only: embedding, the decoder layers, paged attention, sampling), timed around
+`ModelRunner.run` while B requests decode, once with the fused decoder layers (the default) and
+once with transformers' stock layers (B = 1 runs the stock layers either way). The gap is the
+engine's cost beyond the GEMMs; the paged attention calls (gather + kernel, `BatchedPlan`) are
+timed within the default step. The matmuls' growth with B says whether a step is bound by per-call
+overhead (flat) or by compute (proportional to B), which bounds what batching can buy. Median
+milliseconds."""
 
 from __future__ import annotations
 
@@ -16,9 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AttentionInterface
 
-from language_service.engine.attention import NAME, paged_attention
+from language_service.engine.attention import BatchedPlan
 from tools.bench.engine import EngineBenchOptions, bench_prompts, load_core, submit
 
 
@@ -44,13 +46,15 @@ def engine_step_ms(core, prompts: list[list[int]], batch: int, tokens: int) -> t
     """Median ms of the engine's decode-only steps with exactly `batch` rows, and of the paged
     attention calls (KV gather + kernel, every layer) within them."""
     runner, steps, attention = core.engine.runner, [], [0.0]
-    run = runner.run
+    run, attends = runner.run, {name: getattr(BatchedPlan, name) for name in ("attend", "attend_flat")}
 
-    def timed_attention(*args, **kwargs):
-        started = time.perf_counter()
-        out = paged_attention(*args, **kwargs)
-        attention[-1] += time.perf_counter() - started
-        return out
+    def timer(attend):  # the stock layers call `attend`, the fused ones `attend_flat`
+        def timed_attention(*args, **kwargs):
+            started = time.perf_counter()
+            out = attend(*args, **kwargs)
+            attention[-1] += time.perf_counter() - started
+            return out
+        return timed_attention
 
     def timed(step_batch):
         started, attention[-1] = time.perf_counter(), 0.0
@@ -61,13 +65,15 @@ def engine_step_ms(core, prompts: list[list[int]], batch: int, tokens: int) -> t
         return out
 
     runner.run = timed
-    AttentionInterface.register(NAME, timed_attention)
+    for name, attend in attends.items():
+        setattr(BatchedPlan, name, timer(attend))
     try:
         for tracker in [submit(core, p, tokens) for p in prompts[:batch]]:
             tracker.wait()
     finally:
         del runner.run  # back to the class's method
-        AttentionInterface.register(NAME, paged_attention)
+        for name, attend in attends.items():
+            setattr(BatchedPlan, name, attend)
     return statistics.median(steps) * 1e3, statistics.median(attention[:-1]) * 1e3
 
 
@@ -87,12 +93,18 @@ def main(argv: list[str] | None = None) -> None:
         engine_step_ms(core, prompts, max(batches), 8)  # warm-up
         print(f"decode step, {Path(a.checkpoint).name}, {core.device_desc}, {torch.get_num_threads()} threads, "
               f"~{a.prompt_tokens}-token prompts, median ms")
-        print("| batch | decoder matmuls alone | per row | engine decode step | per row | of which paged attention |")
-        print("|---:|---:|---:|---:|---:|---:|")
+        print("| batch | decoder matmuls alone | per row | engine decode step | per row | of which paged attention "
+              "| same step, stock layers | per row |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        forward = core.engine.runner.forward
         for b in batches:
-            mm = matmuls_ms(core.engine.runner.forward, b, 50)
+            mm = matmuls_ms(forward, b, 50)
             step, attention = engine_step_ms(core, prompts, b, a.tokens)
-            print(f"| {b} | {mm:.2f} | {mm / b:.3f} | {step:.2f} | {step / b:.3f} | {attention:.2f} |")
+            forward.use_fused = False
+            stock, _ = engine_step_ms(core, prompts, b, a.tokens)
+            forward.use_fused = forward.fused_layers is not None
+            print(f"| {b} | {mm:.2f} | {mm / b:.3f} | {step:.2f} | {step / b:.3f} | {attention:.2f} | {stock:.2f} | "
+                  f"{stock / b:.3f} |")
     finally:
         core.stop()
 
