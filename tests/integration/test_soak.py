@@ -22,6 +22,7 @@ def test_a_short_soak_with_kills_and_a_redis_restart_loses_nothing(tiny_ckpt, tm
     assert report["unexplained_failures"] == 0 and report["hung"] == 0, report
     assert report["ok"] >= 160 - 10, report  # only requests in flight at a kill may fail
     assert report["cached_images"] > 0  # the reuse reached the cache
-    assert [f["recovered_s"] > f["started_s"] for f in report["faults"]] == [True] * 3
+    # Every fault was recovered from (a Redis restart can take under the report's 0.1 s rounding).
+    assert [f["recovered_s"] >= f["started_s"] > 0 for f in report["faults"]] == [True] * 3
     assert set(report["rss_slope_mib_per_1k_requests"]) == {"vision-0", "vision-1", "language-0", "language-1",
                                                            "gateway"}
