@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from dvd.config import DEFAULT_MODEL
+from dvd.config import DEFAULT_MODEL, RESIZE_ON_DEVICE
 from dvd.flags import setup_logging
 from stack.launcher import LocalStack, StackOptions
 from stack.supervisor import RestartPolicy, Supervisor
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="decode/resize/tile threads per vision replica (0: one per CPU it may use)")
     sv.add_argument("--fast-decode", action="store_true",
                     help="vision replicas decode large JPEGs at reduced size (faster; changes pixels)")
-    sv.add_argument("--resize-on-device", choices=("auto", "on", "off"), default="auto",
+    sv.add_argument("--resize-on-device", choices=RESIZE_ON_DEVICE, default="auto",
                     help="vision replicas resize and tile on their device, bit-identical to Pillow (auto: on CUDA)")
     sv.add_argument("--language-replicas", type=int, default=1)
     sv.add_argument("--model-name", default="internvl", help="the model id clients send")
