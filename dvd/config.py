@@ -116,6 +116,8 @@ class LanguageConfig:
     batch_invariant: bool = False
     cuda_graphs: bool = True  # decode under CUDA graphs on a GPU (ignored on CPU)
     fused_layers: bool = True  # fast path: batched forwards through the fused decoder layer (engine/fused.py)
+    # Share the KV blocks of common prefixes (same tenant scope, tokens and images); off when batch-invariant
+    prefix_caching: bool = True
     metrics_port: int = 9092  # Prometheus /metrics over HTTP; 0 picks a free port
     fetch_timeout_s: float = 30.0
     drain_grace_s: float = 30.0

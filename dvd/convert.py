@@ -227,11 +227,12 @@ def timings_from_pb(pb: common_pb2.StageTimings) -> StageTimings:
 
 
 def usage_to_pb(u: Usage) -> common_pb2.Usage:
-    return common_pb2.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, image_tokens=u.image_tokens)
+    return common_pb2.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, image_tokens=u.image_tokens,
+                            cached_tokens=u.cached_tokens)
 
 
 def usage_from_pb(pb: common_pb2.Usage) -> Usage:
-    return Usage(pb.prompt_tokens, pb.completion_tokens, pb.image_tokens)
+    return Usage(pb.prompt_tokens, pb.completion_tokens, pb.image_tokens, pb.cached_tokens)
 
 
 def _part_to_pb(p: TextPart | ImagePart | VideoPart) -> language_pb2.ContentPart:

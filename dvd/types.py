@@ -208,6 +208,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     image_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens: taken from the language replica's prefix cache, not prefilled
 
 
 @dataclass(frozen=True)

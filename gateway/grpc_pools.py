@@ -229,11 +229,13 @@ class GrpcLanguagePool(_GrpcPool):
     pool_name = "language"
 
     async def generate(self, request_id: str, messages: list[Message], refs: list[EmbeddingRef],
-                       sampling: SamplingParams, deadline: Deadline | None = None) -> AsyncIterator[Delta]:
+                       sampling: SamplingParams, deadline: Deadline | None = None,
+                       scope: str = "") -> AsyncIterator[Delta]:
         """Stream one reply; a failure before the first token is retried on another replica."""
         request = language_pb2.GenerateRequest(
             request_id=request_id, messages=convert.messages_to_pb(messages),
             images=[convert.ref_to_pb(r) for r in refs], sampling=convert.sampling_to_pb(sampling),
+            cache_scope=scope,
         )
         tried: set[str] = set()
         while True:

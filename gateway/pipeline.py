@@ -83,7 +83,7 @@ class Pipeline:
         encoded = await self._encode_all(images, req.vir, req.codec, req.request_id, deadline, scope=scope)
         self.metrics.record_images(sum(e.cache_hit for e in encoded), sum(not e.cache_hit for e in encoded))
         deltas = self.language.generate(req.request_id, messages, [e.ref for e in encoded], req.sampling,
-                                        deadline=deadline)
+                                        deadline=deadline, scope=scope)
         try:
             first = await anext(deltas)
         except EmbeddingLost as lost:  # their vision replica died or restarted: encode again, once
@@ -93,7 +93,7 @@ class Pipeline:
             encoded = await self._encode_all(images, req.vir, req.codec, req.request_id, deadline, use_cache=False,
                                              scope=scope)
             deltas = self.language.generate(req.request_id, messages, [e.ref for e in encoded], req.sampling,
-                                            deadline=deadline)
+                                            deadline=deadline, scope=scope)
             first = await anext(deltas)
         async with contextlib.aclosing(deltas):
             async for delta in _prepend(first, deltas):

@@ -72,6 +72,7 @@ class LanguagePool(Pool, Protocol):
     """Messages and embedding references in, a stream of token deltas out."""
 
     def generate(self, request_id: str, messages: list[Message], refs: list[EmbeddingRef],
-                 sampling: SamplingParams, deadline: Deadline | None = None) -> AsyncIterator[Delta]:
+                 sampling: SamplingParams, deadline: Deadline | None = None, scope: str = "") -> AsyncIterator[Delta]:
         """Stream one reply; the last delta carries finish_reason, usage and timings. Raises
-        `EmbeddingLost` (before any delta) when a ref's embeddings cannot be fetched."""
+        `EmbeddingLost` (before any delta) when a ref's embeddings cannot be fetched. `scope` is
+        the tenant's cache namespace: the replica reuses cached KV prefixes within it only."""

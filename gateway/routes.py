@@ -221,4 +221,5 @@ def _dvd_extension(final: Delta) -> dict:
 def _usage(u: Usage | None) -> dict:
     u = u or Usage()
     return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.prompt_tokens + u.completion_tokens}
+            "total_tokens": u.prompt_tokens + u.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}

@@ -36,6 +36,8 @@ def parse_config(argv: list[str] | None = None) -> LanguageConfig:
     p.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on a GPU")
     p.add_argument("--no-fused-layers", action="store_true",
                    help="batched forwards through transformers' stock decoder layers (default: the fused layer)")
+    p.add_argument("--no-prefix-caching", action="store_true",
+                   help="prefill every prompt in full (default: reuse the KV blocks of cached prefixes)")
     p.add_argument("--metrics-port", type=int, default=9092, help="Prometheus /metrics port (0: pick a free one)")
     p.add_argument("--fetch-timeout-s", type=float, default=30.0)
     p.add_argument("--chat-template", default="checkpoint",
@@ -54,7 +56,7 @@ def parse_config(argv: list[str] | None = None) -> LanguageConfig:
         health_port=a.health_port, fetch_tls=client_tls(a, "fetch-tls"), redis_url=a.redis,
         redis_tls=client_tls(a, "redis-tls"), redis_password=read_secret(a.redis_password_file),
         kv_block_size=a.kv_block_size, batch_invariant=a.batch_invariant, cuda_graphs=not a.no_cuda_graphs,
-        fused_layers=not a.no_fused_layers,
+        fused_layers=not a.no_fused_layers, prefix_caching=not a.no_prefix_caching,
     )
 
 

@@ -27,7 +27,7 @@ from language_service.engine.grammars import GrammarCompiler, grammars_available
 from language_service.engine.guided import GuideState
 from language_service.engine.logprobs import LogprobBuffer, TokenVocab
 from language_service.engine.metrics import EngineMetrics
-from language_service.engine.sequence import Sequence
+from language_service.engine.sequence import Sequence, features_digest
 from language_service.fetch import EmbeddingFetcher
 from language_service.model import build_language_model
 from language_service.prompt import PromptBuilder
@@ -92,9 +92,10 @@ class LanguageCore:
 
     async def generate(self, request_id: str, messages: list[Message], refs: list[EmbeddingRef],
                        sampling: SamplingParams, model_id: str = "",
-                       deadline: Deadline | None = None) -> AsyncIterator[Delta]:
+                       deadline: Deadline | None = None, cache_scope: str = "") -> AsyncIterator[Delta]:
         """Stream deltas; the last one carries finish_reason, usage and timings. The embedding
-        fetches end by `deadline` (the caller's); EmbeddingLost comes before any delta."""
+        fetches end by `deadline` (the caller's); EmbeddingLost comes before any delta.
+        `cache_scope` (the tenant's) bounds which cached prefixes the request may reuse."""
         self._check(refs, model_id)
         if not messages:
             raise InvalidRequest("messages must not be empty")
@@ -106,17 +107,21 @@ class LanguageCore:
         guide = await self._guide(sampling)  # before admission: a bad schema is a 400, not an engine error
         features, transfer_ns = await self.fetcher.fetch_all(refs, request_id, deadline)
         ordered = [features[i] for i in prompt.image_order]  # each [n_i, hidden]
+        image_features = torch.cat(ordered) if ordered else None
+        # hashlib releases the GIL: the digest of a large image's features costs the loop nothing
+        image_digest = await asyncio.to_thread(features_digest, image_features) if ordered else b""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         seq = Sequence(
             request_id=request_id, prompt_ids=prompt.token_ids,
-            image_features=torch.cat(ordered) if ordered else None, sampling=sampling,
+            image_features=image_features, sampling=sampling,
             max_tokens=min(sampling.max_tokens or self.cfg.default_max_tokens, room),
             detokenizer=IncrementalDetokenizer(self.tokenizer), emit=_emitter(loop, queue),
             num_image_tokens=prompt.num_image_tokens, transfer_ns=transfer_ns,
             generator=torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else random.getrandbits(63)),
             guide=guide,
             logprob_buffer=LogprobBuffer(self.vocab, sampling.top_logprobs) if sampling.logprobs else None,
+            cache_scope=cache_scope, image_digest=image_digest, image_start=_first(prompt.token_ids, self.prompts.context_id),
         )
         self.engine.submit(seq)
         finished = False
@@ -180,6 +185,11 @@ class LanguageCore:
         return Sequence(request_id="warmup", prompt_ids=self.tokenizer.encode("warm up"), image_features=None,
                         sampling=SamplingParams(ignore_eos=True), max_tokens=2,
                         detokenizer=IncrementalDetokenizer(self.tokenizer), emit=lambda item: None)
+
+
+def _first(token_ids: list[int], token_id: int) -> int:
+    """Position of the first `token_id` (len(token_ids) if none)."""
+    return token_ids.index(token_id) if token_id in token_ids else len(token_ids)
 
 
 def _emitter(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):

@@ -25,6 +25,7 @@ class LanguageServicer(language_pb2_grpc.LanguageDecoderServicer):
             sampling=convert.sampling_from_pb(request.sampling),
             model_id=request.model_id,
             deadline=Deadline.after(remaining) if remaining is not None else None,
+            cache_scope=request.cache_scope,
         )
         async for delta in deltas:
             yield convert.delta_to_pb(request_id, delta)

@@ -158,6 +158,8 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     en.add_argument("--no-baseline", action="store_true", help="skip transformers generate (and Poisson)")
     en.add_argument("--poisson-requests", type=int, default=48, help="0 skips the Poisson comparison")
     en.add_argument("--poisson-rate", type=float, default=0.0, help="requests/s (0: the engine's top request rate)")
+    en.add_argument("--prefix-cache-conversations", type=int, default=16,
+                    help="chats whose second turn runs with the prefix cache on and off (0 skips it)")
     en.add_argument("--json", default="", help="also write the results to this JSON file")
     en.add_argument("--threads", type=int, default=0,
                     help="torch intra-op threads (0: torch's default, one per core); a replica pinned with --cpus "
@@ -184,7 +186,8 @@ def cmd_bench_engine(a: argparse.Namespace) -> int:
         checkpoint=Path(checkpoint), concurrency=tuple(int(c) for c in a.concurrency.split(",")),
         max_tokens=a.max_tokens, prompt_tokens=a.prompt_tokens, repeats=a.repeats, device=a.device, dtype=a.dtype,
         attention=a.attention, threads=a.threads, cuda_graphs=not a.no_cuda_graphs, batch_invariant=a.batch_invariant,
-        layers=a.layers, baseline=not a.no_baseline, poisson_requests=a.poisson_requests, poisson_rate=a.poisson_rate)
+        layers=a.layers, baseline=not a.no_baseline, poisson_requests=a.poisson_requests, poisson_rate=a.poisson_rate,
+        prefix_cache_conversations=a.prefix_cache_conversations)
     result = run_engine_bench(opts)
     print(format_table(result, opts))
     if a.json:

@@ -25,7 +25,9 @@ def build_engine(cfg: LanguageConfig, model, image_token_id: int, attn_implement
     if cfg.batch_invariant and backend == "flash":
         backend = "sdpa"  # invariance is defined on the per-row SDPA path
     block_size = cfg.kv_block_size or (FLASH_BLOCK_SIZE if backend == "flash" else CPU_BLOCK_SIZE)
-    blocks = BlockManager(cfg.max_kv_tokens // block_size, block_size)
+    # Prefix caching reuses K/V that another forward computed: not the arithmetic batch
+    # invariance promises, so that mode recomputes every prefix.
+    blocks = BlockManager(cfg.max_kv_tokens // block_size, block_size, cfg.prefix_caching and not cfg.batch_invariant)
     runner = ModelRunner(model, image_token_id, blocks.num_blocks, block_size, backend, cfg.batch_invariant,
                          cfg.cuda_graphs, cfg.max_running_seqs, cfg.fused_layers)
     scheduler = Scheduler(cfg.max_running_seqs, cfg.max_queue, blocks, cfg.max_prefill_tokens,

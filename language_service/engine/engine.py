@@ -81,7 +81,7 @@ class Engine:
         with self._lock:
             self._publish_load()
         self.metrics.record_step(time.perf_counter() - started, batch.num_prefill_tokens, len(batch.decode),
-                                 batch.num_preempted)
+                                 batch.num_preempted, batch.num_cached_prompt_tokens)
 
     def _schedule(self) -> Batch:
         with self._lock:
@@ -99,6 +99,8 @@ class Engine:
             chunk.seq.num_cached_tokens = chunk.end
         for seq in batch.decode:
             seq.num_cached_tokens += 1  # the token it was fed is in its blocks now
+        for seq in [*(c.seq for c in batch.prefill), *batch.decode]:
+            self.scheduler.blocks.commit(seq)  # blocks filled by this step join the prefix cache
         now = time.perf_counter_ns()
         for seq, token_id in sampled:
             if not seq.abort_requested:  # an abort that raced this step is reaped at the next one

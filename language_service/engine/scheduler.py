@@ -15,7 +15,11 @@ prompt cannot stall every decode for its whole length.
 Chunk boundaries depend only on the prompt (chunk k is positions [k*C, (k+1)*C)), never on
 what else is running, which batch-invariant mode needs for token-exact batched outputs. In that
 mode a recomputed sequence re-prefills only its prompt and replays its output through decode
-steps, so its cache is rebuilt with exactly the arithmetic that built it the first time."""
+steps, so its cache is rebuilt with exactly the arithmetic that built it the first time.
+
+With prefix caching (the block manager's; off in batch-invariant mode) an admitted sequence
+starts with the cached blocks of its prefix and prefills from the first position they do not
+hold; a preempted one usually finds its own blocks still cached when it is readmitted."""
 
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ class Batch:
     decode: list[Sequence] = field(default_factory=list)  # prefill cached: one token each
     prefill: list[PrefillChunk] = field(default_factory=list)  # prompt pieces, packed into one forward
     num_preempted: int = 0
+    num_cached_prompt_tokens: int = 0  # of the sequences admitted this step: positions the prefix cache held
 
     @property
     def num_prefill_tokens(self) -> int:
@@ -96,7 +101,7 @@ class Scheduler:
             else:
                 batch.decode.append(seq)
         if not batch.num_preempted:
-            self._admit()
+            batch.num_cached_prompt_tokens = self._admit()
         self._plan_prefill(batch)
         return batch
 
@@ -122,16 +127,21 @@ class Scheduler:
             batch.prefill.append(PrefillChunk(seq, start, num))
             budget -= num
 
-    def _admit(self) -> None:
+    def _admit(self) -> int:
+        """Admit from the queue's head while room lasts; returns the positions found cached."""
+        cached = 0
         while self.waiting and len(self.running) < self.max_running_seqs:
             seq = self.waiting[0]
             reserve = self.watermark_blocks if self.running else 0  # alone, a sequence may use every block
-            if self.blocks.missing(seq, seq.num_prefill) + reserve > self.blocks.num_free:
-                return  # FIFO: the head waits for room rather than being overtaken
-            self.blocks.grow(seq, seq.num_prefill)
+            if not self.blocks.admit(seq, seq.num_prefill, reserve):
+                break  # FIFO: the head waits for room rather than being overtaken
+            cached += seq.num_cached_tokens
+            if not seq.num_preemptions:  # what the caller is told: its own recomputes do not count
+                seq.num_cached_prompt_tokens = seq.num_cached_tokens
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)
+        return cached
 
     def _preempt(self, seq: Sequence) -> None:
         """Free `seq`'s blocks and queue it first; it recomputes its cache when readmitted."""

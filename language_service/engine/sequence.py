@@ -8,12 +8,19 @@ Positions [0, num_prefill) are written by prefill chunks, later ones by decode s
 the token at `num_cached_tokens` and sample only once the cache holds every token but the last.
 After a preemption (its blocks taken back) a sequence starts over from position 0 with its output
 kept: the prompt and the tokens already streamed are recomputed, nothing is sampled or emitted
-twice."""
+twice.
+
+`block_hash(k)` names the content of positions [0, (k+1) * block_size): the prefix cache's key
+(`block_manager.py`). It chains every earlier block's, so equal hashes mean equal prefixes; it
+covers the image features (`image_digest`) once the prefix reaches the first image token, and
+the caller's `cache_scope`, so no tenant reads another's cached prefix."""
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -57,10 +64,18 @@ class Sequence:
     abort_requested: bool = False
     guide: GuideState | None = None  # the grammar's matcher, for guided decoding
     logprob_buffer: LogprobBuffer | None = None  # when the request asked for logprobs
+    cache_scope: str = ""  # the tenant's opaque cache scope: prefix blocks are shared within it only
+    image_digest: bytes = b""  # `features_digest(image_features)`, computed here unless given
+    image_start: int = 0  # first image-token position (hashes of blocks past it cover image_digest)
+    block_hashes: list[bytes] = field(default_factory=list)  # of blocks 0, 1, ... (as far as asked)
+    num_committed_blocks: int = 0  # leading blocks of block_table registered in the prefix cache
+    num_cached_prompt_tokens: int = 0  # prompt positions the prefix cache held at first admission (usage)
 
     def __post_init__(self) -> None:
         self.stops = StopStrings(self.sampling.stop)
         self.num_prefill = self.num_prefill or len(self.prompt_ids)
+        if self.image_features is not None and not self.image_digest:  # never a prefix key blind to the images
+            self.image_digest = features_digest(self.image_features)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -89,6 +104,19 @@ class Sequence:
         prompt = self.prompt_ids[start:end]
         return prompt + self.output_ids[max(0, start - len(self.prompt_ids)):max(0, end - len(self.prompt_ids))]
 
+    def block_hash(self, index: int, block_size: int) -> bytes:
+        """The prefix-cache key of block `index` (its positions must all hold tokens)."""
+        while len(self.block_hashes) <= index:
+            start = len(self.block_hashes) * block_size
+            parent = (self.block_hashes[-1] if self.block_hashes  # 16 bytes either way: no ambiguity
+                      else hashlib.blake2b(f"scope|{self.cache_scope}".encode(), digest_size=16).digest())
+            digest = hashlib.blake2b(parent, digest_size=16)
+            digest.update(array("q", self.token_ids(start, start + block_size)).tobytes())
+            if self.image_digest and start + block_size > self.image_start:
+                digest.update(self.image_digest)
+            self.block_hashes.append(digest.digest())
+        return self.block_hashes[index]
+
     def token_at(self, position: int) -> int:
         n = len(self.prompt_ids)
         return self.prompt_ids[position] if position < n else self.output_ids[position - n]
@@ -98,10 +126,21 @@ class Sequence:
         return self.logprob_buffer.take() if self.logprob_buffer is not None else []
 
     def usage(self) -> Usage:
-        return Usage(len(self.prompt_ids), len(self.output_ids), self.num_image_tokens)
+        return Usage(len(self.prompt_ids), len(self.output_ids), self.num_image_tokens, self.num_cached_prompt_tokens)
 
     def timings(self, now_ns: int) -> StageTimings:
         first = self.first_token_ns or now_ns
         scheduled = self.scheduled_ns or now_ns
         return StageTimings(queue_ns=scheduled - self.arrived_ns, transfer_ns=self.transfer_ns,
                             prefill_ns=first - scheduled, decode_ns=now_ns - first)
+
+
+def features_digest(features: torch.Tensor | None) -> bytes:
+    """A sequence's `image_digest`: blake2b of the image features' dtype, shape and bytes (the KV
+    of an image position depends on exactly these). Releases the GIL while hashing."""
+    if features is None:
+        return b""
+    data = features.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy()
+    digest = hashlib.blake2b(f"{features.dtype}{tuple(features.shape)}".encode(), digest_size=16)
+    digest.update(data)
+    return digest.digest()

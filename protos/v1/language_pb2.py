@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.v1 import common_pb2 as protos_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/v1/language.proto\x12\x06\x64vd.v1\x1a\x16protos/v1/common.proto\"b\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x15\n\x0bimage_index\x18\x02 \x01(\rH\x00\x12$\n\x05video\x18\x03 \x01(\x0b\x32\x13.dvd.v1.VideoFramesH\x00\x42\x06\n\x04part\"$\n\x0bVideoFrames\x12\x15\n\rimage_indices\x18\x01 \x03(\r\"A\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12$\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x13.dvd.v1.ContentPart\"\xae\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x08messages\x18\x02 \x03(\x0b\x32\x13.dvd.v1.ChatMessage\x12$\n\x06images\x18\x03 \x03(\x0b\x32\x14.dvd.v1.EmbeddingRef\x12(\n\x08sampling\x18\x04 \x01(\x0b\x32\x16.dvd.v1.SamplingParams\x12\x10\n\x08model_id\x18\x05 \x01(\t\"\xe2\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12+\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x14.dvd.v1.FinishReason\x12\x1c\n\x05usage\x18\x05 \x01(\x0b\x32\r.dvd.v1.Usage\x12%\n\x07timings\x18\x06 \x01(\x0b\x32\x14.dvd.v1.StageTimings\x12\'\n\x08logprobs\x18\x07 \x03(\x0b\x32\x15.dvd.v1.TokenLogprobs\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x15\n\x13LanguageInfoRequest\"\x8f\x01\n\x0cLanguageInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0bhidden_size\x18\x02 \x01(\r\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x1b\n\x13\x61ttn_implementation\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x14\n\x0cweight_bytes\x18\x06 \x01(\x04\x32\xc3\x01\n\x0fLanguageDecoder\x12?\n\x08Generate\x12\x17.dvd.v1.GenerateRequest\x1a\x18.dvd.v1.GenerateResponse0\x01\x12\x34\n\x05\x41\x62ort\x12\x14.dvd.v1.AbortRequest\x1a\x15.dvd.v1.AbortResponse\x12\x39\n\x04Info\x12\x1b.dvd.v1.LanguageInfoRequest\x1a\x14.dvd.v1.LanguageInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/v1/language.proto\x12\x06\x64vd.v1\x1a\x16protos/v1/common.proto\"b\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x15\n\x0bimage_index\x18\x02 \x01(\rH\x00\x12$\n\x05video\x18\x03 \x01(\x0b\x32\x13.dvd.v1.VideoFramesH\x00\x42\x06\n\x04part\"$\n\x0bVideoFrames\x12\x15\n\rimage_indices\x18\x01 \x03(\r\"A\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12$\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x13.dvd.v1.ContentPart\"\xc3\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x08messages\x18\x02 \x03(\x0b\x32\x13.dvd.v1.ChatMessage\x12$\n\x06images\x18\x03 \x03(\x0b\x32\x14.dvd.v1.EmbeddingRef\x12(\n\x08sampling\x18\x04 \x01(\x0b\x32\x16.dvd.v1.SamplingParams\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12\x13\n\x0b\x63\x61\x63he_scope\x18\x06 \x01(\t\"\xe2\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12+\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x14.dvd.v1.FinishReason\x12\x1c\n\x05usage\x18\x05 \x01(\x0b\x32\r.dvd.v1.Usage\x12%\n\x07timings\x18\x06 \x01(\x0b\x32\x14.dvd.v1.StageTimings\x12\'\n\x08logprobs\x18\x07 \x03(\x0b\x32\x15.dvd.v1.TokenLogprobs\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x15\n\x13LanguageInfoRequest\"\x8f\x01\n\x0cLanguageInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0bhidden_size\x18\x02 \x01(\r\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x1b\n\x13\x61ttn_implementation\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x14\n\x0cweight_bytes\x18\x06 \x01(\x04\x32\xc3\x01\n\x0fLanguageDecoder\x12?\n\x08Generate\x12\x17.dvd.v1.GenerateRequest\x1a\x18.dvd.v1.GenerateResponse0\x01\x12\x34\n\x05\x41\x62ort\x12\x14.dvd.v1.AbortRequest\x1a\x15.dvd.v1.AbortResponse\x12\x39\n\x04Info\x12\x1b.dvd.v1.LanguageInfoRequest\x1a\x14.dvd.v1.LanguageInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,17 +39,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGE']._serialized_start=198
   _globals['_CHATMESSAGE']._serialized_end=263
   _globals['_GENERATEREQUEST']._serialized_start=266
-  _globals['_GENERATEREQUEST']._serialized_end=440
-  _globals['_GENERATERESPONSE']._serialized_start=443
-  _globals['_GENERATERESPONSE']._serialized_end=669
-  _globals['_ABORTREQUEST']._serialized_start=671
-  _globals['_ABORTREQUEST']._serialized_end=705
-  _globals['_ABORTRESPONSE']._serialized_start=707
-  _globals['_ABORTRESPONSE']._serialized_end=737
-  _globals['_LANGUAGEINFOREQUEST']._serialized_start=739
-  _globals['_LANGUAGEINFOREQUEST']._serialized_end=760
-  _globals['_LANGUAGEINFO']._serialized_start=763
-  _globals['_LANGUAGEINFO']._serialized_end=906
-  _globals['_LANGUAGEDECODER']._serialized_start=909
-  _globals['_LANGUAGEDECODER']._serialized_end=1104
+  _globals['_GENERATEREQUEST']._serialized_end=461
+  _globals['_GENERATERESPONSE']._serialized_start=464
+  _globals['_GENERATERESPONSE']._serialized_end=690
+  _globals['_ABORTREQUEST']._serialized_start=692
+  _globals['_ABORTREQUEST']._serialized_end=726
+  _globals['_ABORTRESPONSE']._serialized_start=728
+  _globals['_ABORTRESPONSE']._serialized_end=758
+  _globals['_LANGUAGEINFOREQUEST']._serialized_start=760
+  _globals['_LANGUAGEINFOREQUEST']._serialized_end=781
+  _globals['_LANGUAGEINFO']._serialized_start=784
+  _globals['_LANGUAGEINFO']._serialized_end=927
+  _globals['_LANGUAGEDECODER']._serialized_start=930
+  _globals['_LANGUAGEDECODER']._serialized_end=1125
 # @@protoc_insertion_point(module_scope)

@@ -102,8 +102,8 @@ class LanguageDeployment:
         await asyncio.to_thread(self.core.load)
 
     async def generate(self, request_id: str, messages: list[Message], refs: list[EmbeddingRef],
-                       sampling: SamplingParams) -> AsyncIterator[Delta]:
-        async for delta in self.core.generate(request_id, messages, refs, sampling):
+                       sampling: SamplingParams, scope: str = "") -> AsyncIterator[Delta]:
+        async for delta in self.core.generate(request_id, messages, refs, sampling, cache_scope=scope):
             yield delta
 
     def info(self) -> dict:

@@ -116,10 +116,11 @@ class RayLanguagePool(_HandlePool):
     pool = "language"
 
     async def generate(self, request_id: str, messages: list[Message], refs: list[EmbeddingRef],
-                       sampling: SamplingParams, deadline: Deadline | None = None) -> AsyncIterator[Delta]:
+                       sampling: SamplingParams, deadline: Deadline | None = None,
+                       scope: str = "") -> AsyncIterator[Delta]:
         """Stream deltas from one language replica; the refs travel, the embeddings do not
         (the replica pulls them from the vision replica that holds them)."""
-        stream = self.handle.options(stream=True).generate.remote(request_id, messages, refs, sampling)
+        stream = self.handle.options(stream=True).generate.remote(request_id, messages, refs, sampling, scope)
         finished = False
         try:
             with _domain_errors(self.pool):

@@ -124,18 +124,22 @@ def test_body_cap_is_413(secure):
 
 
 def test_cache_hits_never_cross_tenants(secure):
+    """Neither the embedding cache nor the language replica's KV prefix cache: the same image and
+    prompt from another tenant are encoded and prefilled again."""
     stack, pki, _, _ = secure
     body = _chat(data_url(PICTURE))
 
-    def cached(key: str) -> int:
+    def cached(key: str) -> tuple[int, int]:
         with _client(pki, key) as client:
             reply = client.post(f"{stack.base_url}/chat/completions", json=body)
         assert reply.status_code == 200, reply.text
-        return reply.json()["dvd"]["cached_images"]
+        usage = reply.json()["usage"]
+        return reply.json()["dvd"]["cached_images"], usage["prompt_tokens_details"]["cached_tokens"]
 
-    assert cached(KEYS["alice"]) == 0
-    assert cached(KEYS["alice"]) == 1
-    assert cached(KEYS["bob"]) == 0
+    assert cached(KEYS["alice"]) == (0, 0)
+    images, tokens = cached(KEYS["alice"])
+    assert images == 1 and tokens > 256  # the image's 256 positions and the template around them
+    assert cached(KEYS["bob"]) == (0, 0)
 
 
 def test_fetch_embedding_needs_the_refs_token(secure):

@@ -27,7 +27,12 @@ distinct chat prompts of about `prompt_tokens` tokens; every request is greedy w
    stop at different points; the static server runs each batch to its longest).
    The engine runs with the fused decoder layers (`layers="fused"`, the service's default).
 3. KV capacity (`kv_capacity.py`, no model): sequences running at once at a fixed KV budget,
-   2048 max_tokens but 64 actual output tokens, paged vs worst-case reservation."""
+   2048 max_tokens but 64 actual output tokens, paged vs worst-case reservation.
+4. Prefix cache (`prefix_cache.py`): the second turn of `prefix_cache_conversations` chats, the
+   engine's prefix cache on vs off.
+
+Sections 1 and 2 run with the prefix cache off: every repeat sends the same prompts, which a
+cache would serve from the previous repeat, and neither baseline has one."""
 
 from __future__ import annotations
 
@@ -65,6 +70,8 @@ class EngineBenchOptions:
     poisson_requests: int = 48  # 0: skip the Poisson comparison
     poisson_rate: float = 0.0
     kv_budget_tokens: int = 65536
+    prefix_cache_conversations: int = 16  # 0: skip the prefix-cache section
+    prefix_cache_reply_tokens: int = 32
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ class EngineBenchResult:
     generate_runs: dict[int, list[Run]] = field(default_factory=dict)  # paired with engine_runs
     stock_runs: dict[int, list[Run]] = field(default_factory=dict)  # layers="both": the stock-layer engine
     poisson: dict = field(default_factory=dict)
+    prefix_cache: object = None  # prefix_cache.PrefixCacheResult
     kv: KvCapacity | None = None
 
     @property
@@ -121,7 +129,8 @@ class EngineBenchResult:
                 "engine_runs": {c: [asdict(r) for r in v] for c, v in self.engine_runs.items()},
                 "generate_runs": {c: [asdict(r) for r in v] for c, v in self.generate_runs.items()},
                 "stock_layer_runs": {c: [asdict(r) for r in v] for c, v in self.stock_runs.items()},
-                "poisson": self.poisson, "kv_capacity": asdict(self.kv) if self.kv else None}
+                "poisson": self.poisson, "kv_capacity": asdict(self.kv) if self.kv else None,
+                "prefix_cache": asdict(self.prefix_cache) if self.prefix_cache else None}
 
 
 class _Tracker:
@@ -129,6 +138,7 @@ class _Tracker:
 
     def __init__(self) -> None:
         self.token_ids: list[int] = []
+        self.first_s = 0.0  # perf_counter at the first streamed token
         self.finished_s = 0.0
         self.error: Exception | None = None
         self.done = threading.Event()
@@ -138,6 +148,7 @@ class _Tracker:
             self.error = delta
         else:
             self.token_ids += delta.token_ids
+            self.first_s = self.first_s or (time.perf_counter() if delta.token_ids else 0.0)
             if delta.finish_reason is None:
                 return
         self.finished_s = time.perf_counter()
@@ -205,9 +216,10 @@ def load_core(opts: EngineBenchOptions):
 
     top = max(opts.concurrency)
     cfg = LanguageConfig(model=str(opts.checkpoint), device=DeviceConfig(opts.device, opts.dtype, opts.attention),
-                         max_running_seqs=top, max_queue=max(top, opts.poisson_requests),
+                         max_running_seqs=top, max_queue=max(top, opts.poisson_requests, opts.prefix_cache_conversations),
                          max_kv_tokens=max(65536, top * (opts.prompt_tokens + opts.max_tokens) * 2),
-                         cuda_graphs=opts.cuda_graphs, batch_invariant=opts.batch_invariant)
+                         cuda_graphs=opts.cuda_graphs, batch_invariant=opts.batch_invariant,
+                         prefix_caching=False)  # sections 1-2; section 4 turns it on by itself
     core = LanguageCore(cfg, opts.checkpoint)
     core.load()
     return core
@@ -252,6 +264,11 @@ def run_engine_bench(opts: EngineBenchOptions) -> EngineBenchResult:
         _use_fused(runner.forward, modes[0])
         if opts.poisson_requests and reference is not None:
             result.poisson = _poisson(core, reference, prompts[: opts.poisson_requests], opts, pad_id, result)
+        if opts.prefix_cache_conversations and not runner.batch_invariant:
+            from tools.bench.prefix_cache import second_turn
+
+            result.prefix_cache = second_turn(core, opts.prefix_cache_conversations, opts.prompt_tokens,
+                                              opts.prefix_cache_reply_tokens, opts.repeats)
     finally:
         core.stop()
     result.kv = kv_capacity(opts.kv_budget_tokens, opts.prompt_tokens, 2048, 64, runner.kv.block_size)

@@ -28,6 +28,10 @@ def format_table(result: EngineBenchResult, opts: EngineBenchOptions) -> str:
                   f"({p['engine_tokens_per_s'] / p['static_tokens_per_s']:.2f}x, static batches of "
                   f"{p['static_mean_batch']:.1f} on average); mean latency "
                   f"{p['engine_mean_latency_s']:.2f} s vs {p['static_mean_latency_s']:.2f} s"]
+    if result.prefix_cache:
+        from tools.bench.prefix_cache import format_prefix_cache
+
+        lines += [""] + format_prefix_cache(result.prefix_cache, opts.prefix_cache_reply_tokens)
     if result.kv:
         kv = result.kv
         lines += ["", f"KV capacity at {kv.budget_tokens} tokens (max_tokens 2048, 64 actual output tokens, "
