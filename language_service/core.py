@@ -80,11 +80,12 @@ class LanguageCore:
         engine.metrics = self.metrics  # the warm-up is not traffic: count from here
         self.engine = engine
         self.engine.start()
+        blocks = engine.scheduler.blocks
         log.info("language model %s loaded on %s (%s attention, %s), %d torch threads; KV cache %d blocks x %d "
-                 "tokens (%.0f MiB); prompt template %s", self.model_id, self.device_desc, runner.backend,
-                 "batch-invariant" if runner.batch_invariant else "fast path", torch.get_num_threads(),
-                 engine.scheduler.blocks.num_blocks, engine.scheduler.blocks.block_size, runner.kv.num_bytes / 2**20,
-                 self.prompts.template.name)
+                 "tokens (%.0f MiB), prefix caching %s; prompt template %s", self.model_id, self.device_desc,
+                 runner.backend, "batch-invariant" if runner.batch_invariant else "fast path", torch.get_num_threads(),
+                 blocks.num_blocks, blocks.block_size, runner.kv.num_bytes / 2**20,
+                 "on" if blocks.prefix_caching else "off", self.prompts.template.name)
 
     def stop(self) -> None:
         if self.engine is not None:

@@ -74,6 +74,7 @@ class StackOptions:
     # while the other idles (BENCHMARKS.md, "Threads per process")
     threads: int = 0
     batch_invariant: bool = False  # language engines keep solo == batched outputs bit for bit (slower)
+    prefix_caching: bool = True  # language engines reuse the KV blocks of cached prefixes
     vision_args: list[str] = field(default_factory=list)
     language_args: list[str] = field(default_factory=list)
     gateway_args: list[str] = field(default_factory=list)
@@ -183,7 +184,8 @@ class LocalStack:
         common = ["--model", str(self.opts.checkpoint), "--host", self.opts.host,
                   "--device", self.opts.device, "--dtype", self.opts.dtype] + self._tls_args("tls")
         template = ["--chat-template", self.opts.chat_template]
-        engine = ["--batch-invariant"] if self.opts.batch_invariant else []
+        engine = (["--batch-invariant"] if self.opts.batch_invariant else []) + (
+            [] if self.opts.prefix_caching else ["--no-prefix-caching"])
         if self.opts.monolithic:
             port = free_port(self.opts.host)
             target = f"{self.opts.host}:{port}"

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--attn-implementation", default="auto")
     p.add_argument("--max-running-seqs", type=int, default=16)
     p.add_argument("--batch-invariant", action="store_true", help="bit-exact solo == batched outputs (slower)")
+    p.add_argument("--no-prefix-caching", action="store_true", help="prefill every prompt in full")
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: a free one)")
     p.add_argument("--chat-template", default="checkpoint", help="checkpoint | internvl2_5 | PATH.jinja")
     a = p.parse_args(argv)
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
                               metrics_port=a.metrics_port, tls=server_tls(a), health_port=a.health_port)
     language_cfg = LanguageConfig(model=a.model, host=a.host, port=a.port, device=device,
                                   max_running_seqs=a.max_running_seqs, drain_grace_s=a.drain_grace_s,
-                                  chat_template=a.chat_template, batch_invariant=a.batch_invariant)
+                                  chat_template=a.chat_template, batch_invariant=a.batch_invariant,
+                                  prefix_caching=not a.no_prefix_caching)
     asyncio.run(serve(vision_cfg, language_cfg))
 
 

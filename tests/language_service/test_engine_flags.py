@@ -1,5 +1,6 @@
-"""The engine's mode and geometry flags reach the config: `--batch-invariant` on the language
-service, on `stack.monolithic` (through the launcher) and on `dvd serve`."""
+"""The engine's mode and geometry flags reach the config: `--batch-invariant` and
+`--no-prefix-caching` on the language service, on `stack.monolithic` (through the launcher) and on
+`dvd serve`."""
 
 from __future__ import annotations
 
@@ -27,3 +28,16 @@ def test_dvd_serve_threads_batch_invariant_to_every_language_process(monkeypatch
         stack._start_pools()
     assert {m for m, argv in spawned if "--batch-invariant" in argv} == {"language_service", "stack.monolithic"}
     assert all("--batch-invariant" not in argv for m, argv in spawned if m == "vision_service")
+
+
+def test_no_prefix_caching_reaches_every_language_process(monkeypatch):
+    assert not parse_config(["--model", "m", "--no-prefix-caching"]).prefix_caching
+    assert parse_config(["--model", "m"]).prefix_caching
+    args = build_parser().parse_args(["serve", "--no-prefix-caching"])
+    assert args.no_prefix_caching and not build_parser().parse_args(["serve"]).no_prefix_caching
+    spawned = []
+    for monolithic in (False, True):
+        stack = LocalStack(StackOptions(checkpoint=Path("ckpt"), monolithic=monolithic, prefix_caching=False))
+        monkeypatch.setattr(stack, "_spawn", lambda name, module, argv, *_: spawned.append((module, argv)))
+        stack._start_pools()
+    assert {m for m, argv in spawned if "--no-prefix-caching" in argv} == {"language_service", "stack.monolithic"}
