@@ -39,7 +39,8 @@ def bench_section(opts: EngineBenchOptions, device: str) -> list[dict]:
     graph_modes = (True, False) if device.startswith("cuda") else (False,)
     for i, (attention, graphs) in enumerate((a, g) for a in backends(device) for g in graph_modes):
         run_opts = replace(opts, attention=attention, cuda_graphs=graphs, baseline=i == 0,
-                           poisson_requests=opts.poisson_requests if i == 0 else 0)
+                           poisson_requests=opts.poisson_requests if i == 0 else 0,
+                           prefix_cache_conversations=opts.prefix_cache_conversations if i == 0 else 0)
         started = time.perf_counter()
         result = run_engine_bench(run_opts)
         runs.append({"attention": attention, "cuda_graphs": graphs, "seconds": time.perf_counter() - started,
