@@ -82,6 +82,9 @@ def test_openai_client_streams_an_image_answer(stacks, tiny_ckpt, small_ckpt, mo
     assert answer.finish_reasons == [whole.choices[0].finish_reason]
     assert answer.stream_usage.completion_tokens == whole.usage.completion_tokens
     assert answer.stream_usage.prompt_tokens == whole.usage.prompt_tokens > 256  # one tile of image placeholders
+    # the streamed request prefilled the same prompt a moment before: the image's positions (and the
+    # template's around them, in whole 16-slot blocks) come from the language replica's prefix cache
+    assert whole.usage.prompt_tokens_details.cached_tokens >= 256
 
 
 def test_grpc_reflection_lists_the_services(stacks, tiny_ckpt):
