@@ -109,8 +109,8 @@ class LanguageCore:
         features, transfer_ns = await self.fetcher.fetch_all(refs, request_id, deadline)
         ordered = [features[i] for i in prompt.image_order]  # each [n_i, hidden]
         image_features = torch.cat(ordered) if ordered else None
-        # hashlib releases the GIL: the digest of a large image's features costs the loop nothing
-        image_digest = await asyncio.to_thread(features_digest, image_features) if ordered else b""
+        # hashlib releases the GIL: digesting a large image's features costs the loop nothing
+        digests = await asyncio.to_thread(lambda: [features_digest(f) for f in ordered]) if ordered else []
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         seq = Sequence(
@@ -122,7 +122,7 @@ class LanguageCore:
             generator=torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else random.getrandbits(63)),
             guide=guide,
             logprob_buffer=LogprobBuffer(self.vocab, sampling.top_logprobs) if sampling.logprobs else None,
-            cache_scope=cache_scope, image_digest=image_digest, image_start=_first(prompt.token_ids, self.prompts.context_id),
+            cache_scope=cache_scope, image_keys=tuple(zip(_run_starts(prompt.token_ids, self.prompts.context_id), digests)),
         )
         self.engine.submit(seq)
         finished = False
@@ -188,9 +188,9 @@ class LanguageCore:
                         detokenizer=IncrementalDetokenizer(self.tokenizer), emit=lambda item: None)
 
 
-def _first(token_ids: list[int], token_id: int) -> int:
-    """Position of the first `token_id` (len(token_ids) if none)."""
-    return token_ids.index(token_id) if token_id in token_ids else len(token_ids)
+def _run_starts(token_ids: list[int], token_id: int) -> list[int]:
+    """Where each run of `token_id` starts: an image's first placeholder, in prompt order."""
+    return [i for i, t in enumerate(token_ids) if t == token_id and (i == 0 or token_ids[i - 1] != token_id)]
 
 
 def _emitter(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):

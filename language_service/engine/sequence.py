@@ -11,9 +11,11 @@ kept: the prompt and the tokens already streamed are recomputed, nothing is samp
 twice.
 
 `block_hash(k)` names the content of positions [0, (k+1) * block_size): the prefix cache's key
-(`block_manager.py`). It chains every earlier block's, so equal hashes mean equal prefixes; it
-covers the image features (`image_digest`) once the prefix reaches the first image token, and
-the caller's `cache_scope`, so no tenant reads another's cached prefix."""
+(`block_manager.py`). It chains every earlier block's, so equal hashes mean equal prefixes; the
+block where an image's placeholders start adds that image's features digest (`image_keys`), so
+every later block covers it, while blocks before it stay shareable with prompts that show a
+different image there (or none); the chain starts from the caller's `cache_scope`, so no tenant
+reads another's cached prefix."""
 
 from __future__ import annotations
 
@@ -65,8 +67,9 @@ class Sequence:
     guide: GuideState | None = None  # the grammar's matcher, for guided decoding
     logprob_buffer: LogprobBuffer | None = None  # when the request asked for logprobs
     cache_scope: str = ""  # the tenant's opaque cache scope: prefix blocks are shared within it only
-    image_digest: bytes = b""  # `features_digest(image_features)`, computed here unless given
-    image_start: int = 0  # first image-token position (hashes of blocks past it cover image_digest)
+    # (first placeholder position, `features_digest`) of each image, in prompt order. When not
+    # given, one key for all the features at position 0: correct, only less shareable.
+    image_keys: tuple[tuple[int, bytes], ...] = ()
     block_hashes: list[bytes] = field(default_factory=list)  # of blocks 0, 1, ... (as far as asked)
     num_committed_blocks: int = 0  # leading blocks of block_table registered in the prefix cache
     num_cached_prompt_tokens: int = 0  # prompt positions the prefix cache held at first admission (usage)
@@ -74,8 +77,8 @@ class Sequence:
     def __post_init__(self) -> None:
         self.stops = StopStrings(self.sampling.stop)
         self.num_prefill = self.num_prefill or len(self.prompt_ids)
-        if self.image_features is not None and not self.image_digest:  # never a prefix key blind to the images
-            self.image_digest = features_digest(self.image_features)
+        if self.image_features is not None and not self.image_keys:  # never a prefix key blind to the images
+            self.image_keys = ((0, features_digest(self.image_features)),)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -112,8 +115,9 @@ class Sequence:
                       else hashlib.blake2b(f"scope|{self.cache_scope}".encode(), digest_size=16).digest())
             digest = hashlib.blake2b(parent, digest_size=16)
             digest.update(array("q", self.token_ids(start, start + block_size)).tobytes())
-            if self.image_digest and start + block_size > self.image_start:
-                digest.update(self.image_digest)
+            for position, image in self.image_keys:
+                if start <= position < start + block_size:
+                    digest.update(image)
             self.block_hashes.append(digest.digest())
         return self.block_hashes[index]
 
@@ -135,11 +139,9 @@ class Sequence:
                             prefill_ns=first - scheduled, decode_ns=now_ns - first)
 
 
-def features_digest(features: torch.Tensor | None) -> bytes:
-    """A sequence's `image_digest`: blake2b of the image features' dtype, shape and bytes (the KV
-    of an image position depends on exactly these). Releases the GIL while hashing."""
-    if features is None:
-        return b""
+def features_digest(features: torch.Tensor) -> bytes:
+    """An image's key in `Sequence.image_keys`: blake2b of its features' dtype, shape and bytes
+    (the KV of an image position depends on exactly these). Releases the GIL while hashing."""
     data = features.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy()
     digest = hashlib.blake2b(f"{features.dtype}{tuple(features.shape)}".encode(), digest_size=16)
     digest.update(data)

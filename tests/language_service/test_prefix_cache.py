@@ -23,12 +23,12 @@ from tests.language_service.test_engine_fast_path import _assert_tokens_within_m
 BLOCK = 16
 
 
-def seq(tokens: list[int], scope: str = "", features: torch.Tensor | None = None, image_start: int = 0,
-        name: str = "s") -> Sequence:
+def seq(tokens: list[int], scope: str = "", features: torch.Tensor | None = None,
+        image_keys: tuple = (), name: str = "s") -> Sequence:
     return Sequence(request_id=name, prompt_ids=list(tokens), image_features=features,
                     sampling=SamplingParams(max_tokens=4), max_tokens=4,
                     detokenizer=None, emit=lambda d: None, cache_scope=scope,
-                    image_start=image_start)
+                    image_keys=image_keys)
 
 
 def prefilled(blocks: BlockManager, s: Sequence) -> Sequence:
@@ -77,17 +77,30 @@ def test_different_scopes_tokens_or_images_do_not_share():
     assert blocks.admit(diverging, 50) and diverging.num_cached_tokens == BLOCK
 
     image_a, image_b = torch.randn(4, 8, generator=torch.Generator().manual_seed(1)), torch.randn(4, 8)
-    prefilled(blocks, seq(PROMPT, features=image_a, image_start=20))
-    same_image = seq(PROMPT, features=image_a.clone(), image_start=20)
+    key_a, key_b = features_digest(image_a), features_digest(image_b)
+    prefilled(blocks, seq(PROMPT, features=image_a, image_keys=((20, key_a),)))
+    same_image = seq(PROMPT, features=image_a.clone(), image_keys=((20, features_digest(image_a.clone())),))
     assert blocks.admit(same_image, 50) and same_image.num_cached_tokens == 48
-    other_image = seq(PROMPT, features=image_b, image_start=20)
+    other_image = seq(PROMPT, features=image_b, image_keys=((20, key_b),))
     assert blocks.admit(other_image, 50)
-    assert other_image.num_cached_tokens == BLOCK  # only the block before the image's first token
+    assert other_image.num_cached_tokens == BLOCK  # only the block before the one the image starts in
+
+
+def test_a_second_image_keeps_the_first_images_blocks_shareable():
+    """Turn 2 of a chat adds an image: the blocks up to where it starts are turn 1's."""
+    blocks = BlockManager(32, BLOCK, prefix_caching=True)
+    key_a, key_b, key_c = (features_digest(torch.full((2, 2), float(i))) for i in range(3))
+    tokens = list(range(200, 280))  # 80 positions; images start at 20 and 50
+    prefilled(blocks, seq(tokens, features=torch.zeros(2, 2), image_keys=((20, key_a), (50, key_b))))
+    third = seq(tokens, features=torch.zeros(2, 2), image_keys=((20, key_a), (50, key_c)))
+    assert blocks.admit(third, 80) and third.num_cached_tokens == 48  # blocks 0-2; block 3 holds position 50
+    first_only = seq(tokens, features=torch.zeros(2, 2), image_keys=((20, key_b),))
+    assert blocks.admit(first_only, 80) and first_only.num_cached_tokens == BLOCK
 
 
 def test_every_sequence_with_images_hashes_them_even_when_the_caller_gives_no_digest():
     features = torch.randn(4, 8)
-    assert seq(PROMPT, features=features).image_digest == features_digest(features) != b""
+    assert seq(PROMPT, features=features).image_keys == ((0, features_digest(features)),)
     assert features_digest(features) != features_digest(features.to(torch.bfloat16))
 
 
@@ -200,3 +213,11 @@ def test_cancelled_and_finished_sequences_release_every_reference(tiny_kit):
     blocks = engine.scheduler.blocks
     assert blocks.usage == 0 and blocks.num_free == blocks.num_blocks
     assert blocks.hit_tokens > 0  # the later two found the first two's prompt blocks
+
+
+def test_the_language_core_keys_each_image_at_its_first_placeholder():
+    from language_service.core import _run_starts
+
+    ctx = 9
+    assert _run_starts([1, 2, ctx, ctx, ctx, 3, 4, ctx, ctx, 5], ctx) == [2, 7]
+    assert _run_starts([ctx, ctx, 1], ctx) == [0] and _run_starts([1, 2], ctx) == []
