@@ -221,3 +221,23 @@ def test_the_language_core_keys_each_image_at_its_first_placeholder():
     ctx = 9
     assert _run_starts([1, 2, ctx, ctx, ctx, 3, 4, ctx, ctx, 5], ctx) == [2, 7]
     assert _run_starts([ctx, ctx, 1], ctx) == [0] and _run_starts([1, 2], ctx) == []
+
+
+def test_shared_prefixes_under_preemption_finish_with_their_solo_tokens_and_leak_nothing(tiny_kit):
+    """A budget too small for every full output: sequences sharing a prompt prefix are preempted
+    and readmitted (finding their own and each other's blocks), all finish, every block comes
+    back, and each one's tokens stay within the fast path's bound of its solo run."""
+    shared = "A long shared instruction that every request in this test begins with, word for word. "
+    budget = 256
+    engine = tiny_kit.engine(max_kv_tokens=budget, max_model_len=budget)
+    requests = [tiny_kit.request(f"p{i}", shared + f"Then question {i}.", 60) for i in range(5)]
+    drive(engine, {0: requests[:3], 2: requests[3:]})
+    blocks = engine.scheduler.blocks
+    assert sum(r.seq.num_preemptions for r in requests) > 0 and blocks.hit_tokens > 0
+    assert all(len(r.token_ids) == 60 for r in requests)
+    assert blocks.num_free == blocks.num_blocks and blocks.usage == 0
+    for i, request in enumerate(requests):
+        solo_engine = recording(tiny_kit.engine(prefix_caching=False))
+        alone = tiny_kit.request(f"alone-p{i}", shared + f"Then question {i}.", 60)
+        drive(solo_engine, {0: [alone]})
+        _assert_tokens_within_margin(alone, request, solo_engine.runner.logits[f"p{i}"])
