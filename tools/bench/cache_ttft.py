@@ -1,7 +1,8 @@
 """TTFT of a cache hit vs a miss through a live stack: the same 5-tile image sent twice; the
 second request skips the vision pool. Method: for each of `images` distinct images, one miss
 then one hit, sequentially (no other load); TTFT = time to the first streamed token over the
-gateway's gRPC API; medians reported."""
+gateway's gRPC API; medians reported. `dvd bench transport` runs it with the language replica's
+prefix cache off, so the hit saves the vision pool's work and nothing else."""
 
 from __future__ import annotations
 
