@@ -149,7 +149,7 @@ class Engine:
 
     def _publish_load(self) -> None:
         s = self.scheduler
-        self.metrics.set_load(len(s.running), len(s.waiting), s.blocks.usage)
+        self.metrics.set_load(len(s.running), len(s.waiting), s.blocks.usage, s.blocks.num_cached)
 
     def _loop(self) -> None:
         while True:

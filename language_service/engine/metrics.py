@@ -21,6 +21,8 @@ class EngineMetrics:
                                  registry=registry)
         self.kv_usage = Gauge("dvd:language_kv_usage_ratio", "Fraction of the KV cache's blocks in use (0..1)",
                               registry=registry)
+        self.prefix_cache_blocks = Gauge("dvd:language_prefix_cache_blocks",
+                                         "KV blocks registered in the prefix cache (held or released)", registry=registry)
         self.step_seconds = Histogram("dvd:language_step_seconds", "Wall time of one engine step",
                                       buckets=STEP_BUCKETS, registry=registry)
         self.prefill_tokens = Counter("dvd:language_prefill_tokens", "Prompt tokens prefilled", registry=registry)
@@ -37,7 +39,8 @@ class EngineMetrics:
         self.rejected = Counter("dvd:language_requests_rejected", "Requests refused because the queue was full",
                                 registry=registry)
 
-    def set_load(self, num_running: int, num_waiting: int, kv_usage: float) -> None:
+    def set_load(self, num_running: int, num_waiting: int, kv_usage: float, num_cached_blocks: int = 0) -> None:
+        self.prefix_cache_blocks.set(num_cached_blocks)
         self.running.set(num_running)
         self.waiting.set(num_waiting)
         self.queue_depth.set(num_running + num_waiting)

@@ -167,6 +167,7 @@ def test_a_repeated_prompt_prefills_only_its_tail_and_gives_the_same_tokens(tiny
     assert registry.get_sample_value("dvd:language_prefill_tokens_total") - prefilled_first == length - cached
     _assert_tokens_within_margin(first, second, engine.runner.logits["first"])
     assert engine.scheduler.blocks.usage == 0  # everything released; the prefix stays cached
+    assert registry.get_sample_value("dvd:language_prefix_cache_blocks") == engine.scheduler.blocks.num_cached > 3
 
 
 def test_a_different_image_behind_the_same_text_is_not_reused(tiny_kit):
