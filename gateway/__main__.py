@@ -57,7 +57,9 @@ def parse_config(argv: list[str] | None = None) -> GatewayConfig:
     p.add_argument("--max-inflight-mib", type=float, default=1024,
                    help="media bytes held by requests in flight; beyond it a fast 429 (0: no bound)")
     p.add_argument("--replica-wait-s", type=float, default=15.0,
-                   help="how long a call waits for a live replica when a pool has none, before a 503")
+                   help="how long a call waits for a live replica when a pool has none, before a 503 (keep it "
+                        "above 2 s, the channels' longest reconnect backoff: a replica that has just come back "
+                        "can take that long to be reached)")
     p.add_argument("--log-level", default="INFO")
     add_cpus(p)
     _add_security(p)

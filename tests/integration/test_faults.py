@@ -26,9 +26,12 @@ LONG = 8000  # tokens: far more than any test waits for
 def env(tiny_ckpt, tmp_path_factory):
     redis = RedisServer(tmp_path_factory.mktemp("redis")).start()
     log_dir = tmp_path_factory.mktemp("logs")
+    # --replica-wait-s 3: short, so a pool with no replica answers 503 soon, but above the gateway's
+    # 2 s maximum reconnect backoff (dvd.grpc_server.channel_options): a replica that has just come
+    # back may not be reachable for that long, and a call waiting 1 s could miss it (seen once).
     opts = StackOptions(checkpoint=tiny_ckpt, device="cpu", dtype="float32", redis_url=redis.url, log_dir=log_dir,
                         ready_timeout_s=300,
-                        gateway_args=["--max-concurrent-requests", "1", "--replica-wait-s", "1"])
+                        gateway_args=["--max-concurrent-requests", "1", "--replica-wait-s", "3"])
     stack = LocalStack(opts).start()
     supervisor = Supervisor(stack, RestartPolicy(base_s=0.2, max_s=1.0)).start()
     yield stack, supervisor, redis, log_dir
