@@ -18,14 +18,20 @@ def test_language_service_flags():
     assert not default.batch_invariant and default.cuda_graphs and default.kv_block_size == 0
 
 
+def _spawned(monkeypatch, **options) -> list[tuple[str, list[str]]]:
+    """(module, argv) of every process the launcher starts, split and monolithic, with `options`."""
+    spawned = []
+    for monolithic in (False, True):
+        stack = LocalStack(StackOptions(checkpoint=Path("ckpt"), monolithic=monolithic, **options))
+        monkeypatch.setattr(stack, "_spawn", lambda name, module, argv, *_: spawned.append((module, argv)))
+        stack._start_pools()
+    return spawned
+
+
 def test_dvd_serve_threads_batch_invariant_to_every_language_process(monkeypatch):
     args = build_parser().parse_args(["serve", "--batch-invariant"])
     assert args.batch_invariant
-    spawned = []
-    for monolithic in (False, True):
-        stack = LocalStack(StackOptions(checkpoint=Path("ckpt"), monolithic=monolithic, batch_invariant=True))
-        monkeypatch.setattr(stack, "_spawn", lambda name, module, argv, *_: spawned.append((module, argv)))
-        stack._start_pools()
+    spawned = _spawned(monkeypatch, batch_invariant=True)
     assert {m for m, argv in spawned if "--batch-invariant" in argv} == {"language_service", "stack.monolithic"}
     assert all("--batch-invariant" not in argv for m, argv in spawned if m == "vision_service")
 
@@ -35,9 +41,5 @@ def test_no_prefix_caching_reaches_every_language_process(monkeypatch):
     assert parse_config(["--model", "m"]).prefix_caching
     args = build_parser().parse_args(["serve", "--no-prefix-caching"])
     assert args.no_prefix_caching and not build_parser().parse_args(["serve"]).no_prefix_caching
-    spawned = []
-    for monolithic in (False, True):
-        stack = LocalStack(StackOptions(checkpoint=Path("ckpt"), monolithic=monolithic, prefix_caching=False))
-        monkeypatch.setattr(stack, "_spawn", lambda name, module, argv, *_: spawned.append((module, argv)))
-        stack._start_pools()
+    spawned = _spawned(monkeypatch, prefix_caching=False)
     assert {m for m, argv in spawned if "--no-prefix-caching" in argv} == {"language_service", "stack.monolithic"}
