@@ -28,7 +28,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dvd.errors import Unavailable
-from dvd.grpc_server import channel_options
+from dvd.grpc_options import channel_options
 from dvd.tls import TlsFiles, aio_channel
 
 log = logging.getLogger(__name__)

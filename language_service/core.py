@@ -18,7 +18,6 @@ from dvd.deadline import Deadline
 from dvd.devices import describe, resolve_attention, resolve_device, resolve_dtype
 from dvd.errors import InvalidRequest, ModelNotFound, Unavailable
 from dvd.identity import model_identity
-from dvd.redis_store import RedisStore
 from dvd.store import MemoryStore
 from dvd.types import Delta, EmbeddingRef, Message, SamplingParams
 from language_service.detokenizer import IncrementalDetokenizer
@@ -35,6 +34,14 @@ from language_service.prompt import PromptBuilder
 log = logging.getLogger(__name__)
 
 
+def _redis_store(cfg: LanguageConfig):
+    """Imported only when a Redis URL is set: a replica (or a GPU check) without the redis client
+    installed still loads."""
+    from dvd.redis_store import RedisStore
+
+    return RedisStore(cfg.redis_url, 1.0, tls=cfg.redis_tls, password=cfg.redis_password)
+
+
 class LanguageCore:
     """Owns the tokenizer, the engine and the embedding fetcher of one language replica."""
 
@@ -44,7 +51,7 @@ class LanguageCore:
         self.cfg = cfg
         self.checkpoint_dir = checkpoint_dir
         self.model_id = model_identity(checkpoint_dir)
-        redis = RedisStore(cfg.redis_url, 1.0, tls=cfg.redis_tls, password=cfg.redis_password) if cfg.redis_url else None
+        redis = _redis_store(cfg) if cfg.redis_url else None
         self.fetcher = EmbeddingFetcher(cfg.fetch_timeout_s, local_stores, tls=cfg.fetch_tls, redis=redis)
         self.metrics = EngineMetrics(registry or CollectorRegistry())
         self.engine = None  # an Engine once loaded

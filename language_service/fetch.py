@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import grpc
 import torch
@@ -19,12 +20,17 @@ import torch
 from dvd import codec as codecs
 from dvd.deadline import Deadline
 from dvd.errors import DataCorrupted, DeadlineExceeded, EmbeddingLost, InvalidRequest, from_grpc_error
-from dvd.grpc_server import channel_options
-from dvd.redis_store import RedisStore, StoreUnavailable
+from dvd.grpc_options import channel_options
 from dvd.store import MemoryStore
 from dvd.tls import TlsFiles, aio_channel
 from dvd.types import EmbeddingRef
-from protos.v1 import vision_pb2, vision_pb2_grpc
+
+if TYPE_CHECKING:
+    from dvd.redis_store import RedisStore
+
+# The Redis client and the generated protobuf code are imported by the paths that use them: an
+# engine fed from an in-process store (monolithic mode, `scripts/gpu_check.sh` on a bare GPU box
+# without redis or this protobuf runtime) loads without either.
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +77,8 @@ class EmbeddingFetcher:
         return await self._from_location(ref.location, ref, request_id, deadline)
 
     async def _from_redis(self, ref: EmbeddingRef) -> bytes | None:
+        from dvd.redis_store import RedisStore, StoreUnavailable
+
         store = self._redis.get(ref.location)
         if store is None:
             store = self._redis[ref.location] = RedisStore(ref.location, ttl_s=1.0)
@@ -88,6 +96,8 @@ class EmbeddingFetcher:
             return entry[1]
         if not location.startswith("grpc://"):
             raise InvalidRequest("unsupported embedding location (not grpc://)")
+        from protos.v1 import vision_pb2, vision_pb2_grpc
+
         stub = vision_pb2_grpc.VisionEncoderStub(self._channel(location.removeprefix("grpc://")))
         request = vision_pb2.FetchEmbeddingRequest(key=ref.key, request_id=request_id,
                                                    access_token=ref.access_token)

@@ -8,13 +8,16 @@
 #     --max-batch-tiles is chosen from) and device normalisation's equality on CUDA; the result
 #     lands under the "vision" key.
 # Results: $1 if given, else $OUT/gpu_check.json (else ./gpu_check.json).
-# Needs torch (CUDA), transformers, grpcio; no network, no fastapi. Extra arguments go to
-# `python -m tools.bench.gpu_check` (the CPU dry run: --device cpu --dtype float32 --preset tiny ...).
+# Needs torch (CUDA), transformers, grpcio; no network, no fastapi, redis, xgrammar or gRPC server
+# extras (tests/tools/test_gpu_check.py runs it in a venv without them). Extra arguments go to
+# `python -m tools.bench.gpu_check` (the CPU dry run: --device cpu --dtype float32 --preset tiny ...);
+# VISION_* variables to scripts/gpu_check_vision.sh (the dry run: VISION_DEVICE=cpu ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-.}/gpu_check.json"
 if [[ $# -gt 0 && "$1" != --* ]]; then out="$1"; shift; fi
-python="${PYTHON:-python}"
+# the GPU machine's torch is under python3 (it may have no `python`); this checkout's venv wins here
+python="${PYTHON:-python3}"
 [[ -x .venv/bin/python && -z "${PYTHON:-}" ]] && python=.venv/bin/python
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),

@@ -15,16 +15,25 @@
 # Called by scripts/gpu_check.sh where that exists; runs on its own as well.
 #
 # Usage: scripts/gpu_check_vision.sh OUT.json [TILES] [WIDTHS]
+# Environment (defaults: the GPU run): VISION_DEVICE (cuda), VISION_PRESET (1b-shape; a preset or
+# a checkpoint dir), VISION_DTYPE (bfloat16), VISION_TILES / VISION_WIDTHS (the arguments'
+# defaults), VISION_ROUNDS (5). The CPU dry run (tests/tools/test_gpu_check.py) sets
+# VISION_DEVICE=cpu and a tiny checkpoint: every step runs, the CUDA tests skip.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: scripts/gpu_check_vision.sh OUT.json [TILES] [WIDTHS]}
-TILES=${2:-64}
-WIDTHS=${3:-1,2,4,8,16,32,64}
-PY=${PY:-.venv/bin/python}
+TILES=${2:-${VISION_TILES:-64}}
+WIDTHS=${3:-${VISION_WIDTHS:-1,2,4,8,16,32,64}}
+DEVICE=${VISION_DEVICE:-cuda}
+PRESET=${VISION_PRESET:-1b-shape}
+DTYPE=${VISION_DTYPE:-bfloat16}
+ROUNDS=${VISION_ROUNDS:-5}
+# PY if set; else this checkout's venv; else python3 (a bare GPU machine's torch is there)
+if [[ -z "${PY:-}" ]]; then PY=python3; [[ -x .venv/bin/python ]] && PY=.venv/bin/python; fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
-if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+if [[ $DEVICE == cuda* ]] && ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     echo '{"check": "vision", "skipped": "no CUDA device"}' > "$OUT"
     echo "gpu_check_vision: no CUDA device, skipped (wrote $OUT)"
     exit 0
@@ -41,10 +50,10 @@ if "$PY" -c 'import pytest' 2>/dev/null; then
         tests_status="failed (pytest output above)"
     fi
 fi
-"$PY" -m tools.bench.vit vit --preset 1b-shape --checkpoint-root "${CHECKPOINT_ROOT:-checkpoints}" \
-    --device cuda --dtype bfloat16 --tiles "$TILES" --widths "$WIDTHS" --repeats 5 --json "$OUT"
+"$PY" -m tools.bench.vit vit --preset "$PRESET" --checkpoint-root "${CHECKPOINT_ROOT:-checkpoints}" \
+    --device "$DEVICE" --dtype "$DTYPE" --tiles "$TILES" --widths "$WIDTHS" --repeats "$ROUNDS" --json "$OUT"
 tiling_out="$(mktemp)"
-"$PY" -m tools.bench.device_tiling --device cuda --rounds 5 --json "$tiling_out" \
+"$PY" -m tools.bench.device_tiling --device "$DEVICE" --rounds "$ROUNDS" --json "$tiling_out" \
     || echo '{"error": "device tiling bench failed"}' > "$tiling_out"
 "$PY" - "$OUT" "$tiling_out" "$tests_status" <<'PY'
 import json, sys

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -30,7 +31,6 @@ try:
     import xgrammar as xgr
 except ImportError:  # a bare GPU box (scripts/gpu_check.sh): the engine runs, guided requests are refused
     xgr = None
-from cachetools import LRUCache
 
 from dvd.errors import InvalidRequest
 from dvd.types import GuidedDecoding, GuideKind
@@ -55,7 +55,8 @@ class GrammarCompiler:
         self.info = _without_special_tokens(tokenizer, described, vocab_size, stop_token_ids)
         self._compiler = xgr.GrammarCompiler(self.info, max_threads=1, cache_enabled=False)
         self.json_allowed_words = _words([not any(b < 0x20 for b in raw) for raw in self.token_bytes])  # [W]
-        self._cache: LRUCache = LRUCache(maxsize=cache_size)
+        self._cache: OrderedDict[str, object] = OrderedDict()  # least recently used first
+        self._cache_size = cache_size
         self._lock = threading.Lock()
 
     def compile(self, guided: GuidedDecoding) -> xgr.CompiledGrammar:
@@ -64,10 +65,14 @@ class GrammarCompiler:
         key = guided.cache_key()
         with self._lock:
             grammar = self._cache.get(key)
+            if grammar is not None:
+                self._cache.move_to_end(key)
         if grammar is None:
             grammar = self._compile(guided)
             with self._lock:
                 self._cache[key] = grammar
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
         return grammar
 
     def guide(self, guided: GuidedDecoding) -> GuideState:

@@ -27,7 +27,7 @@ def env(tiny_ckpt, tmp_path_factory):
     redis = RedisServer(tmp_path_factory.mktemp("redis")).start()
     log_dir = tmp_path_factory.mktemp("logs")
     # --replica-wait-s 3: short, so a pool with no replica answers 503 soon, but above the gateway's
-    # 2 s maximum reconnect backoff (dvd.grpc_server.channel_options): a replica that has just come
+    # 2 s maximum reconnect backoff (dvd.grpc_options.channel_options): a replica that has just come
     # back may not be reachable for that long, and a call waiting 1 s could miss it (seen once).
     opts = StackOptions(checkpoint=tiny_ckpt, device="cpu", dtype="float32", redis_url=redis.url, log_dir=log_dir,
                         ready_timeout_s=300,

@@ -16,6 +16,7 @@ import torch
 
 from dvd.errors import InvalidRequest
 from dvd.types import FinishReason, GuidedDecoding, GuideKind, SamplingParams
+from language_service.engine.grammars import GrammarCompiler
 from language_service.engine.guided import unpack_bitmask
 from language_service.model import build_language_model
 from tests.language_service.conftest import drive, run_alone
@@ -128,6 +129,17 @@ def test_grammars_are_cached_by_schema_hash(tiny_kit):
     same = tiny_kit.grammars.compile(_guided(json.loads(json.dumps(SCHEMAS["enums"]))))
     assert same is first
     assert tiny_kit.grammars.compile(_guided(SCHEMAS["arrays"])) is not first
+
+
+def test_the_grammar_cache_keeps_the_most_recently_used(tiny_kit):
+    grammars = GrammarCompiler(tiny_kit.tokenizer, tiny_kit.grammars.vocab_size, {tiny_kit.tokenizer.eos_token_id},
+                               cache_size=2)
+    regex = [GuidedDecoding(GuideKind.REGEX, regex=f"a{{{n}}}") for n in (1, 2, 3)]
+    first, second = grammars.compile(regex[0]), grammars.compile(regex[1])
+    assert grammars.compile(regex[0]) is first  # a hit makes it the most recently used
+    grammars.compile(regex[2])  # evicts regex[1], the least recently used
+    assert grammars.num_cached == 2 and grammars.compile(regex[0]) is first
+    assert grammars.compile(regex[1]) is not second and grammars.num_cached == 2
 
 
 def test_bitmask_unpacks_bit_j_of_word_w_to_token_32w_plus_j():

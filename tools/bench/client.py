@@ -13,7 +13,7 @@ from typing import Protocol
 import grpc
 import httpx
 
-from dvd.grpc_server import channel_options
+from dvd.grpc_options import channel_options
 from protos.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tools.bench.metrics import STAGES, RequestRecord, inter_token_latencies
 from tools.bench.workload import BenchRequest

@@ -12,8 +12,10 @@ check the engine's GPU paths and record its numbers, in one JSON file.
    a finding to read, not a crash).
 
 Results are written after every section, so a run cut short keeps what it measured. It imports
-nothing from the gateway (no fastapi/uvicorn), and needs no network. `--device cpu --preset tiny`
-is the dry path the CPU test suite runs."""
+nothing from the gateway (no fastapi/uvicorn), nor redis, xgrammar, the gRPC server extras or the
+generated protobuf code (the GPU machine's image has torch, transformers, grpcio and numpy, not
+the rest of the project's dependencies; the CPU dry run checks it in a venv without them), and
+needs no network. `--device cpu --preset tiny` is the dry path the CPU test suite runs."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import transformers
 
 from dvd.devices import flash_attn_available
 from tools.bench.engine import EngineBenchOptions, bench_prompts, load_core, run_engine_bench, submit
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(a.out)
     report: dict = {"tool": "scripts/gpu_check.sh", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "torch": torch.__version__, "cuda_device": torch.cuda.get_device_name(0)
+                    "torch": torch.__version__, "transformers": transformers.__version__, "cuda_device": torch.cuda.get_device_name(0)
                     if torch.cuda.is_available() else None, "device": a.device, "dtype": a.dtype,
                     "attention_backends": backends(a.device)}
     started = time.perf_counter()
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     _write(out, report)
     report["token_check"] = token_check(checkpoint, a.device, a.dtype, a.check_prompts, a.check_tokens)
     report["fastapi_imported"] = any(m in sys.modules for m in ("fastapi", "uvicorn"))
+    # The generated gRPC code needs protobuf >= 7.35, and a bare GPU machine's protobuf may be older.
+    report["protos_imported"] = "protos" in sys.modules
     report["total_seconds"] = time.perf_counter() - started
     _write(out, report)
     print(json.dumps(report, indent=1))

@@ -124,7 +124,8 @@ async def _encode_end_to_end(opts: VisionBenchOptions) -> tuple[float, float]:
     import grpc
 
     from dvd.config import DeviceConfig, VisionConfig
-    from dvd.grpc_server import GrpcService, channel_options
+    from dvd.grpc_options import channel_options
+    from dvd.grpc_server import GrpcService
     from protos.v1 import vision_pb2, vision_pb2_grpc
     from vision_service.core import VisionCore
     from vision_service.server import SERVICE_NAME
