@@ -9,7 +9,7 @@ only, both reproduced here as the cards' code behaves:
   tiles in CPython); the set is built here by the card's own expression, so the order is the
   card's. A 750x300 image at min_tiles = max_tiles = 4 gets (4, 1) here and (2, 2) from HF.
 * Transparency: the card calls ``Image.open(f).convert("RGB")``, which drops the alpha channel and
-  keeps the colour stored under it; HF composites onto white first.
+  keeps the colour stored under it; HF composites onto white first (transformers >= 5.21).
 
 Everything else is the same arithmetic as ``preprocess.tile_image``: PIL BICUBIC (the default of
 ``Image.resize`` for RGB, and torchvision's ``Resize`` on a PIL image, a no-op on a 448px tile),

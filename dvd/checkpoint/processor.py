@@ -7,13 +7,16 @@ passed (upstream transformers#48556 / #48558). The image path needs none of it, 
 torchvision `load_processor` returns `ImageOnlyInternVLProcessor`: the same class minus the video
 attribute, built from the checkpoint's own tokenizer, image processor (PIL backend) and
 processor_config.json. It expands `<IMG_CONTEXT>` exactly as InternVLProcessor does, which is
-what the correctness reference (HF `generate` in one process) needs.
+what the correctness reference (HF `generate` in one process) needs. The image processor is
+`GotOcr2ImageProcessorPil` by name (every InternVL-hf checkpoint's, and what `AutoImageProcessor`
+picks without torchvision on 5.24): transformers 5.17's `AutoImageProcessor` refuses to load at
+all without torchvision.
 """
 
 import json
 from pathlib import Path
 
-from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, InternVLProcessor, ProcessorMixin
+from transformers import AutoProcessor, AutoTokenizer, GotOcr2ImageProcessorPil, InternVLProcessor, ProcessorMixin
 from transformers.utils import is_torchvision_available
 
 
@@ -37,7 +40,7 @@ def load_processor(ckpt: str | Path) -> ProcessorMixin:
     tokenizer = AutoTokenizer.from_pretrained(ckpt)
     processor_config = json.loads((ckpt / "processor_config.json").read_text())
     return ImageOnlyInternVLProcessor(
-        image_processor=AutoImageProcessor.from_pretrained(ckpt),
+        image_processor=GotOcr2ImageProcessorPil.from_pretrained(ckpt),
         tokenizer=tokenizer,
         image_seq_length=processor_config.get("image_seq_length", 256),
         chat_template=tokenizer.chat_template,

@@ -79,7 +79,11 @@ def test_image_processor_settings(tiny):
     assert raw["crop_to_patches"] is True and (raw["min_patches"], raw["max_patches"]) == (1, 12)
     assert raw["size"] == {"height": 448, "width": 448} and raw["resample"] == 3
     assert raw["image_mean"] == [0.485, 0.456, 0.406] and raw["image_std"] == [0.229, 0.224, 0.225]
-    processor = AutoImageProcessor.from_pretrained(tiny)
+    try:
+        processor = AutoImageProcessor.from_pretrained(tiny)
+    except ImportError as exc:  # transformers 5.17: AutoImageProcessor needs torchvision even for PIL
+        assert not is_torchvision_available() and "Torchvision" in str(exc)
+        processor = load_processor(tiny).image_processor
     if not is_torchvision_available():
         assert type(processor).__name__ == "GotOcr2ImageProcessorPil"
     pixel_values = processor(images=[Image.new("RGB", (896, 448), "red")], return_tensors="pt")["pixel_values"]

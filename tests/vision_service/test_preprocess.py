@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import io
 import struct
 import zlib
@@ -16,6 +17,7 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
     get_optimal_tiled_canvas,
 )
 
+from vision_service import preprocess as preprocess_module
 from vision_service.preprocess import (
     ImageDecodeError,
     ResolvedTiling,
@@ -115,10 +117,25 @@ def test_matches_hf_across_modes(hf_processor, name, data, min_tiles, max_tiles)
     assert torch.equal(got.pixel_values, hf_pixel_values(hf_processor, data, min_tiles, max_tiles)), name
 
 
-def test_transparency_is_composited_onto_white():
-    # A fully transparent black image: HF (and we) see white; a plain convert("RGB") would see black.
+@pytest.mark.parametrize("composites,expected", [(True, (255, 255, 255)), (False, (0, 0, 0))])
+def test_transparency_follows_the_installed_transformers(monkeypatch, composites, expected):
+    # A fully transparent black image: transformers >= 5.21 (and we, there) see white; 5.0-5.20's
+    # plain convert("RGB") (and we, there) see black.
+    monkeypatch.setattr(preprocess_module, "HF_COMPOSITES_TRANSPARENCY", composites)
     data = encode(Image.new("RGBA", (32, 32), (0, 0, 0, 0)))
-    assert decode_image(data).getpixel((5, 5)) == (255, 255, 255)
+    assert decode_image(data).getpixel((5, 5)) == expected
+
+
+def test_transparency_rule_is_the_installed_transformers_rule(monkeypatch):
+    from transformers.image_transforms import convert_to_rgb
+
+    # what the installed release does to a transparent black pixel (5.24 warns unless asked for numpy)
+    kwargs = {"return_numpy": True} if "return_numpy" in inspect.signature(convert_to_rgb).parameters else {}
+    seen = np.asarray(convert_to_rgb(Image.new("RGBA", (1, 1), (0, 0, 0, 0)), **kwargs))[0, 0].tolist()
+    assert seen == ([255, 255, 255] if preprocess_module.HF_COMPOSITES_TRANSPARENCY else [0, 0, 0])
+    for version, composites in [("5.0.0", False), ("5.20.1", False), ("5.21.0", True), ("5.24.0", True), ("6.1", True)]:
+        monkeypatch.setattr(preprocess_module.metadata, "version", lambda _name, v=version: v)
+        assert preprocess_module._hf_composites_transparency() is composites, version
 
 
 def test_exif_orientation_is_not_applied():
