@@ -13,6 +13,7 @@ CUDA only; the runner never builds this on CPU."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,9 +36,29 @@ def batch_buckets(max_batch: int) -> list[int]:
     return small + list(range(16, max_batch, 16)) + [max_batch]
 
 
+class CudaGraph:
+    """`step` warmed up on a side stream (cuBLAS handles, autotuning), then captured into a CUDA
+    graph in the memory pool `pool` (shared by all of a runner's graphs); `replay` reruns its
+    kernels on the same buffers, and `output` is the tensor they write."""
+
+    def __init__(self, step: Callable[[], torch.Tensor], pool) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.output = step()
+        self.pool = self.graph.pool()
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
 @dataclass
 class _Graph:
-    graph: torch.cuda.CUDAGraph
+    graph: CudaGraph
     ids: torch.Tensor  # [B, 1]
     cos: torch.Tensor  # [B, 1, head_dim]
     sin: torch.Tensor
@@ -49,8 +70,11 @@ class _Graph:
 
 class DecodeGraphs:
     def __init__(self, forward: DecoderForward, kv: PagedKVCache, planner: Planner, max_batch: int,
-                 flash: bool) -> None:
+                 flash: bool, recorder: Callable = CudaGraph) -> None:
+        """`recorder(step, pool)`: what captures a step (`CudaGraph`; the CPU tests pass one that
+        replays eagerly on the same buffers, to check what is loaded into them)."""
         self.forward, self.kv, self.planner, self.flash = forward, kv, planner, flash
+        self.recorder = recorder
         self.batches = batch_buckets(max_batch)
         self.graphs: dict[tuple[int, int, bool], _Graph] = {}
         self.pool = None
@@ -115,15 +139,8 @@ class DecodeGraphs:
             self.kv.plan_writes(writes)
             return self.forward.layers_forward(self.forward.embed_tokens(ids), (cos, sin), self.kv, plan)
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the graph (cuBLAS handles, autotuning)
-            step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            logits = step()
-        self.pool = graph.pool()
-        captured = _Graph(graph, ids, cos, sin, writes, keys, lengths, logits)
+        graph = self.recorder(step, self.pool)
+        self.pool = graph.pool
+        captured = _Graph(graph, ids, cos, sin, writes, keys, lengths, graph.output)
         self.graphs[(rows, width, fused)] = captured
         return captured

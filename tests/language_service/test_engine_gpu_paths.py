@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dvd.devices import flash_attn_available
-from language_service.engine.cuda_graphs import batch_buckets, bucket
+from language_service.engine.cuda_graphs import MIN_KEY_BUCKET, DecodeGraphs, batch_buckets, bucket
 from language_service.engine.runner import ModelRunner
 from tests.language_service.conftest import drive
 
@@ -26,6 +26,43 @@ def test_batch_buckets_cover_every_size():
 def test_cpu_runner_builds_no_graphs(tiny_kit):
     runner = ModelRunner(tiny_kit.model, tiny_kit.image_token_id, 8, 16, cuda_graphs=True)
     assert runner.graphs is None
+
+
+class EagerGraph:
+    """CudaGraph's stand-in on the CPU: "replay" reruns the captured step on the same static
+    buffers and writes the same output tensor, as a replayed graph does, so the tokens show
+    whether `DecodeGraphs` loads ids, rotary, gather slots, masks and write slots into those
+    buffers correctly (padding rows, key buckets, both layer paths). What a real capture freezes
+    (Python-side values) only a GPU checks: the CUDA tests below and scripts/gpu_check.sh."""
+
+    def __init__(self, step, pool) -> None:
+        self.step, self.pool = step, pool
+        self.output = step()
+
+    def replay(self) -> None:
+        self.output.copy_(self.step())
+
+
+def test_graph_buffers_load_what_eager_decode_reads(tiny_kit):
+    def requests():
+        long_text, words = "", 0
+        while len(tiny_kit.tokenizer.encode(long_text)) < MIN_KEY_BUCKET - 8:  # decodes past the first key bucket
+            long_text, words = long_text + f"word{words} ", words + 1
+        texts = [("short one", 4), ("a middling prompt with a few more words " * 3, 9), (long_text, 24)]
+        return [tiny_kit.request(f"r{i}", text, n) for i, (text, n) in enumerate(texts)]
+
+    eager = requests()
+    drive(tiny_kit.engine(), {0: eager})
+    engine = tiny_kit.engine()
+    runner = engine.runner
+    runner.graphs = DecodeGraphs(runner.forward, runner.kv, runner.planner, 8, flash=False, recorder=EagerGraph)
+    graphed = requests()
+    drive(engine, {0: graphed})
+    assert [r.token_ids for r in graphed] == [r.token_ids for r in eager]
+    keys = set(runner.graphs.graphs)
+    # 3 rows in the 4-row bucket (one padding row), then 2, then the long prompt's row alone (the
+    # stock layers); keys padded to 256, then to 512 once that row passes 256 keys
+    assert keys == {(4, 256, True), (2, 256, True), (2, 512, True), (1, 512, True)}
 
 
 def _tokens_on_cuda(kit, attention: str, graphs: bool, dtype: torch.dtype = torch.float32) -> list[list[int]]:
