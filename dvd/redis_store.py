@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from dvd import convert
 from dvd.breaker import CircuitBreaker
-from dvd.store import tokens_match
+from dvd.store import StoreUnavailable, tokens_match
 from dvd.tls import TlsFiles, redis_tls_kwargs
 from dvd.types import EmbeddingRef
 from protos.v1 import common_pb2
@@ -32,10 +32,6 @@ def redact_url(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
-class StoreUnavailable(Exception):
-    """Redis could not be reached or answered with an error."""
 
 
 class RedisStore:

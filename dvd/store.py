@@ -13,6 +13,11 @@ from dataclasses import dataclass
 from dvd.types import EmbeddingRef
 
 
+class StoreUnavailable(Exception):
+    """A shared store (Redis) could not be reached or answered with an error. Defined here, beside
+    the in-process store, so code that only catches it needs no Redis client installed."""
+
+
 def tokens_match(issued: str, presented: str) -> bool:
     """Constant-time check of the access token a reader presents against the one its ref was
     issued with: a computed content key alone reads nothing."""

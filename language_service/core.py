@@ -34,14 +34,6 @@ from language_service.prompt import PromptBuilder
 log = logging.getLogger(__name__)
 
 
-def _redis_store(cfg: LanguageConfig):
-    """Imported only when a Redis URL is set: a replica (or a GPU check) without the redis client
-    installed still loads."""
-    from dvd.redis_store import RedisStore
-
-    return RedisStore(cfg.redis_url, 1.0, tls=cfg.redis_tls, password=cfg.redis_password)
-
-
 class LanguageCore:
     """Owns the tokenizer, the engine and the embedding fetcher of one language replica."""
 
@@ -51,8 +43,8 @@ class LanguageCore:
         self.cfg = cfg
         self.checkpoint_dir = checkpoint_dir
         self.model_id = model_identity(checkpoint_dir)
-        redis = _redis_store(cfg) if cfg.redis_url else None
-        self.fetcher = EmbeddingFetcher(cfg.fetch_timeout_s, local_stores, tls=cfg.fetch_tls, redis=redis)
+        self.fetcher = EmbeddingFetcher(cfg.fetch_timeout_s, local_stores, tls=cfg.fetch_tls, redis_url=cfg.redis_url,
+                                        redis_tls=cfg.redis_tls, redis_password=cfg.redis_password)
         self.metrics = EngineMetrics(registry or CollectorRegistry())
         self.engine = None  # an Engine once loaded
 

@@ -21,7 +21,7 @@ from dvd import codec as codecs
 from dvd.deadline import Deadline
 from dvd.errors import DataCorrupted, DeadlineExceeded, EmbeddingLost, InvalidRequest, from_grpc_error
 from dvd.grpc_options import channel_options
-from dvd.store import MemoryStore
+from dvd.store import MemoryStore, StoreUnavailable
 from dvd.tls import TlsFiles, aio_channel
 from dvd.types import EmbeddingRef
 
@@ -32,6 +32,12 @@ if TYPE_CHECKING:
 # engine fed from an in-process store (monolithic mode, `scripts/gpu_check.sh` on a bare GPU box
 # without redis or this protobuf runtime) loads without either.
 
+
+def _redis_store(url: str, tls: TlsFiles | None = None, password: str = "") -> RedisStore:
+    from dvd.redis_store import RedisStore
+
+    return RedisStore(url, ttl_s=1.0, tls=tls, password=password)
+
 log = logging.getLogger(__name__)
 
 # A vision replica answering these for a ref has not got its embeddings (any more): gone, restarted
@@ -41,16 +47,21 @@ LOST = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.
 
 
 class EmbeddingFetcher:
-    """`tls`: client TLS (mTLS with a certificate) to vision replicas; `redis`: the configured
-    Redis, with its password and TLS files (refs name it by its credential-free location)."""
+    """`tls`: client TLS (mTLS with a certificate) to vision replicas; `redis_url` (with
+    `redis_tls`, `redis_password`): the configured Redis (refs name it by its credential-free
+    location)."""
 
     def __init__(self, timeout_s: float, local_stores: dict[str, MemoryStore] | None = None,
-                 tls: TlsFiles | None = None, redis: RedisStore | None = None) -> None:
+                 tls: TlsFiles | None = None, redis_url: str = "", redis_tls: TlsFiles | None = None,
+                 redis_password: str = "") -> None:
         self.timeout_s = timeout_s
         self.local_stores = local_stores or {}
         self.tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._redis: dict[str, RedisStore] = {redis.location: redis} if redis is not None else {}
+        self._redis: dict[str, RedisStore] = {}
+        if redis_url:
+            redis = _redis_store(redis_url, redis_tls, redis_password)
+            self._redis[redis.location] = redis
 
     async def fetch_all(self, refs: list[EmbeddingRef], request_id: str,
                         deadline: Deadline | None = None) -> tuple[list[torch.Tensor], int]:
@@ -77,11 +88,9 @@ class EmbeddingFetcher:
         return await self._from_location(ref.location, ref, request_id, deadline)
 
     async def _from_redis(self, ref: EmbeddingRef) -> bytes | None:
-        from dvd.redis_store import RedisStore, StoreUnavailable
-
         store = self._redis.get(ref.location)
         if store is None:
-            store = self._redis[ref.location] = RedisStore(ref.location, ttl_s=1.0)
+            store = self._redis[ref.location] = _redis_store(ref.location)
         try:
             return await store.get_blob(ref.key, ref.access_token)
         except StoreUnavailable as exc:

@@ -110,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     from tools.checkpoint import ensure_checkpoint
 
     out = Path(a.out)
+    cuda_device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     report: dict = {"tool": "scripts/gpu_check.sh", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "torch": torch.__version__, "transformers": transformers.__version__, "cuda_device": torch.cuda.get_device_name(0)
-                    if torch.cuda.is_available() else None, "device": a.device, "dtype": a.dtype,
-                    "attention_backends": backends(a.device)}
+                    "torch": torch.__version__, "transformers": transformers.__version__, "cuda_device": cuda_device,
+                    "device": a.device, "dtype": a.dtype, "attention_backends": backends(a.device)}
     started = time.perf_counter()
     checkpoint = Path(ensure_checkpoint(a.preset, Path(a.checkpoint_root)))
     report["checkpoint"] = {"preset": a.preset, "path": str(checkpoint), "seconds": time.perf_counter() - started}
