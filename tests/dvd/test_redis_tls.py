@@ -7,6 +7,7 @@ import asyncio
 import ssl
 
 import pytest
+import torch
 
 from dvd.redis_store import RedisStore, StoreUnavailable, redact_url
 from dvd.tls import TlsFiles
@@ -91,3 +92,25 @@ async def test_redact_url():
     assert redact_url("rediss://user:pw@h:6380/1") == "rediss://h:6380/1"
     assert redact_url("redis://:pw@h/0") == "redis://h/0"
     assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+async def test_the_language_fetcher_reads_through_its_configured_rediss(rediss):
+    """A language replica's `--redis-url` with TLS files and a password: refs name the store by its
+    credential-free location, and the fetcher reads them through the configured client."""
+    from dvd import codec
+    from language_service.fetch import EmbeddingFetcher
+
+    pki, port = rediss
+    location = f"rediss://127.0.0.1:{port}/0"
+    features = torch.arange(6, dtype=torch.float32).view(3, 2)
+    blob = codec.encode(features, Codec.FP32)
+    ref = EmbeddingRef(key="k2", location=location, tile_tokens=(3,), codec=Codec.FP32, shape=(3, 2),
+                       num_bytes=len(blob), checksum=codec.checksum(blob), model_id="m", access_token="tok")
+    writer = RedisStore(location, ttl_s=30, tls=pki.client(), password=PASSWORD)
+    await writer.put(ref, blob)
+    await writer.close()
+    fetcher = EmbeddingFetcher(5.0, redis_url=location, redis_tls=pki.client(), redis_password=PASSWORD)
+    try:
+        assert torch.equal(await fetcher.fetch(ref), features)
+    finally:
+        await fetcher.close()
