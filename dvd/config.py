@@ -99,6 +99,9 @@ class VisionConfig:
             raise ValueError(f"resize_on_device must be one of {RESIZE_ON_DEVICE}, got {self.resize_on_device!r}")
 
 
+DECODE_ATTENTION = ("auto", "gather", "triton")
+
+
 @dataclass(frozen=True)
 class LanguageConfig:
     model: str
@@ -116,6 +119,9 @@ class LanguageConfig:
     batch_invariant: bool = False
     cuda_graphs: bool = True  # decode under CUDA graphs on a GPU (ignored on CPU)
     fused_layers: bool = True  # fast path: batched forwards through the fused decoder layer (engine/fused.py)
+    # Decode attention on a GPU: "auto" (flash-attn's paged kernel when installed, else "gather"),
+    # "gather" (each row's keys gathered, then SDPA), "triton" (paged Triton kernel, CUDA only)
+    decode_attention: str = "auto"
     # Share the KV blocks of common prefixes (same tenant scope, tokens and images); off when batch-invariant
     prefix_caching: bool = True
     metrics_port: int = 9092  # Prometheus /metrics over HTTP; 0 picks a free port
@@ -140,6 +146,8 @@ class LanguageConfig:
                   fetch_timeout_s=self.fetch_timeout_s)
         if self.kv_block_size < 0:
             raise ValueError(f"kv_block_size must be >= 0, got {self.kv_block_size}")
+        if self.decode_attention not in DECODE_ATTENTION:
+            raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}, got {self.decode_attention!r}")
         if self.max_kv_tokens < self.max_model_len:
             raise ValueError(f"max_kv_tokens ({self.max_kv_tokens}) must hold one full-length sequence "
                              f"(max_model_len {self.max_model_len})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from dvd.config import LanguageConfig
+from dvd.config import DECODE_ATTENTION, LanguageConfig
 from dvd.flags import (
     add_client_tls,
     add_common,
@@ -34,6 +34,9 @@ def parse_config(argv: list[str] | None = None) -> LanguageConfig:
     p.add_argument("--batch-invariant", action="store_true",
                    help="bit-exact outputs whatever else is batched (slower; see README)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on a GPU")
+    p.add_argument("--decode-attention", choices=DECODE_ATTENTION, default="auto",
+                   help="decode attention on a GPU: auto (flash-attn's paged kernel when installed, else gather), "
+                        "gather (keys gathered, then SDPA), triton (paged Triton kernel, reads the cache in place)")
     p.add_argument("--no-fused-layers", action="store_true",
                    help="batched forwards through transformers' stock decoder layers (default: the fused layer)")
     p.add_argument("--no-prefix-caching", action="store_true",
@@ -57,6 +60,7 @@ def parse_config(argv: list[str] | None = None) -> LanguageConfig:
         redis_tls=client_tls(a, "redis-tls"), redis_password=read_secret(a.redis_password_file),
         kv_block_size=a.kv_block_size, batch_invariant=a.batch_invariant, cuda_graphs=not a.no_cuda_graphs,
         fused_layers=not a.no_fused_layers, prefix_caching=not a.no_prefix_caching,
+        decode_attention=a.decode_attention,
     )
 
 

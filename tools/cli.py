@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from dvd.config import DEFAULT_MODEL, RESIZE_ON_DEVICE
+from dvd.config import DECODE_ATTENTION, DEFAULT_MODEL, RESIZE_ON_DEVICE
 from dvd.flags import setup_logging
 from stack.launcher import LocalStack, StackOptions
 from stack.supervisor import RestartPolicy, Supervisor
@@ -153,6 +153,8 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     en.add_argument("--dtype", default="auto")
     en.add_argument("--attention", default="auto", help="auto | sdpa | eager | flash_attention_2")
     en.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on a GPU")
+    en.add_argument("--decode-attention", choices=DECODE_ATTENTION, default="auto",
+                    help="the engine's decode attention on a GPU: auto | gather | triton (paged Triton kernel)")
     en.add_argument("--batch-invariant", action="store_true", help="measure the bit-exact mode instead")
     en.add_argument("--layers", choices=("both", "fused", "stock"), default="both",
                     help="the engine's decoder layers in batched forwards: both (fused and stock alternating, "
@@ -189,7 +191,7 @@ def cmd_bench_engine(a: argparse.Namespace) -> int:
         max_tokens=a.max_tokens, prompt_tokens=a.prompt_tokens, repeats=a.repeats, device=a.device, dtype=a.dtype,
         attention=a.attention, threads=a.threads, cuda_graphs=not a.no_cuda_graphs, batch_invariant=a.batch_invariant,
         layers=a.layers, baseline=not a.no_baseline, poisson_requests=a.poisson_requests, poisson_rate=a.poisson_rate,
-        prefix_cache_conversations=a.prefix_cache_conversations)
+        prefix_cache_conversations=a.prefix_cache_conversations, decode_attention=a.decode_attention)
     result = run_engine_bench(opts)
     print(format_table(result, opts))
     if a.json:

@@ -7,8 +7,9 @@ then call `paged_attention` with this forward's plan (passed as the `dvd_plan` k
   (one `index_select` of slot rows) and torch SDPA (or the eager kernel) runs once with a
   length/causal mask. Packed prefill (several prompt chunks in one forward) uses the same call:
   the chunk's queries are scattered into `[chunks, heads, max_chunk, head_dim]`.
-- `FlashPlan` (CUDA + flash-attn): decode through `flash_attn_with_kvcache` with the block table,
-  no gather at all.
+- `PagedPlan` (CUDA): decode reading the cache in place through the block table, no gather at
+  all: flash-attn's `flash_attn_with_kvcache`, or the Triton kernel of `triton_decode.py` where
+  flash-attn is not installed (`decode_attention="triton"`).
 - `RowsPlan` (batch-invariant mode): one SDPA call per row on exactly that row's keys, no padding
   and no mask over other rows' lengths, so a row's arithmetic is the same alone or in a crowd.
 
@@ -24,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface
+
+from language_service.engine.triton_decode import paged_decode
 
 NAME = "dvd_paged"
 
@@ -140,12 +143,14 @@ class RowsPlan:
 
 
 @dataclass(frozen=True)
-class FlashPlan:
-    """Decode through flash-attn's paged kernel: the cache is read in place through the table."""
+class PagedPlan:
+    """Decode reading the cache in place through each row's block table, no gather: flash-attn's
+    `flash_attn_with_kvcache` (`kernel="flash"`) or the Triton kernel (`"triton"`, triton_decode.py)."""
 
     block_table: torch.Tensor  # [rows, max_blocks] int32
     cache_seqlens: torch.Tensor  # [rows] int32, keys per row including this step's token
     block_size: int
+    kernel: str = "flash"  # "flash" | "triton"
 
     @property
     def num_rows(self) -> int:
@@ -155,10 +160,17 @@ class FlashPlan:
         """The fused layer's layout: query [rows, heads, D] (one token per row), layer_kv
         [2, slots, kv_heads, D] -> [rows, heads, D]."""
         keys, values = layer_kv
+        if self.kernel == "triton":
+            return paged_decode(query, keys, values, self.block_table, self.cache_seqlens, self.block_size, scaling)
         out = self.attend(query.contiguous()[:, :, None], keys, values, scaling)  # [rows, 1, heads, D]
         return out.view(query.shape)
 
     def attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> torch.Tensor:
+        """query [rows, heads, 1, D], keys/values [slots, kv_heads, D] -> [rows, 1, heads, D]."""
+        if self.kernel == "triton":
+            out = paged_decode(query[:, :, 0], keys, values, self.block_table, self.cache_seqlens, self.block_size,
+                               scaling)
+            return out[:, None]
         from flash_attn import flash_attn_with_kvcache
 
         shape = (-1, self.block_size, *keys.shape[1:])  # [blocks, block_size, kv_heads, D]
@@ -169,7 +181,7 @@ class FlashPlan:
 
 def paged_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     attention_mask: object, scaling: float | None = None, dropout: float = 0.0,
-                    dvd_plan: BatchedPlan | RowsPlan | FlashPlan | None = None, **_) -> tuple[torch.Tensor, None]:
+                    dvd_plan: BatchedPlan | RowsPlan | PagedPlan | None = None, **_) -> tuple[torch.Tensor, None]:
     """query: [rows, heads, T, D]; key/value: this layer's cache [slots, kv_heads, D] as
     `PagedKVCache.update` returns it. Returns [rows, T, heads, D]."""
     if dvd_plan is None:

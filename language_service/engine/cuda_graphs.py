@@ -8,7 +8,8 @@ A graph replays fixed kernels on fixed buffers, so everything that varies per st
 static tensors refilled before each replay: token ids, the slots the new keys go to, the rotary
 cos/sin (computed outside the graph: dynamic RoPE branches on data), and either the gathered
 key slots + length mask (SDPA path, keys padded to the bucket) or the block table + lengths
-(flash-attn path). Rows past the real batch are padding: token 0, scratch slot, one visible key.
+(paged path: flash-attn's or the Triton kernel). Rows past the real batch are padding: token 0,
+scratch slot, one visible key.
 CUDA only; the runner never builds this on CPU."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from language_service.engine.attention import BatchedPlan, FlashPlan
+from language_service.engine.attention import BatchedPlan, PagedPlan
 from language_service.engine.forward import DecoderForward
 from language_service.engine.kv_cache import PagedKVCache
 from language_service.engine.plans import Planner
@@ -63,17 +64,18 @@ class _Graph:
     cos: torch.Tensor  # [B, 1, head_dim]
     sin: torch.Tensor
     writes: torch.Tensor  # [B]
-    keys: torch.Tensor  # SDPA: gather slots [B * S]; flash: block table [B, W] int32
-    lengths: torch.Tensor  # SDPA: keep-mask [B, 1, 1, S]; flash: cache_seqlens [B] int32
+    keys: torch.Tensor  # SDPA: gather slots [B * S]; paged: block table [B, W] int32
+    lengths: torch.Tensor  # SDPA: keep-mask [B, 1, 1, S]; paged: cache_seqlens [B] int32
     logits: torch.Tensor  # [B, vocab]
 
 
 class DecodeGraphs:
     def __init__(self, forward: DecoderForward, kv: PagedKVCache, planner: Planner, max_batch: int,
-                 flash: bool, recorder: Callable = CudaGraph) -> None:
-        """`recorder(step, pool)`: what captures a step (`CudaGraph`; the CPU tests pass one that
+                 paged: str | None, recorder: Callable = CudaGraph) -> None:
+        """`paged`: the paged decode kernel ("flash" | "triton"), None for gather + SDPA/eager.
+        `recorder(step, pool)`: what captures a step (`CudaGraph`; the CPU tests pass one that
         replays eagerly on the same buffers, to check what is loaded into them)."""
-        self.forward, self.kv, self.planner, self.flash = forward, kv, planner, flash
+        self.forward, self.kv, self.planner, self.paged = forward, kv, planner, paged
         self.recorder = recorder
         self.batches = batch_buckets(max_batch)
         self.graphs: dict[tuple[int, int, bool], _Graph] = {}
@@ -86,7 +88,7 @@ class DecodeGraphs:
         """Logits [len(seqs), vocab] of one decode step, replayed from the bucket's graph."""
         num_keys = max(s.num_cached_tokens for s in seqs) + 1
         width = max(MIN_KEY_BUCKET, 1 << (num_keys - 1).bit_length())  # keys (SDPA) per row, padded
-        if self.flash:
+        if self.paged:
             width = -(-width // self.kv.block_size)  # blocks per row
         key = (bucket(len(seqs), self.batches), width, self.forward.use_fused)  # the layer path is baked in
         graph = self.graphs.get(key) or self._capture(*key)
@@ -102,7 +104,7 @@ class DecodeGraphs:
         g.cos.copy_(cos)
         g.sin.copy_(sin)
         bs, scratch = self.kv.block_size, self.planner.scratch_block
-        if self.flash:
+        if self.paged:
             tables = [s.block_table + [scratch] * (g.keys.shape[1] - len(s.block_table)) for s in seqs]
             table = self.planner.tensor(tables + [[scratch] * g.keys.shape[1]] * (rows - n))  # [B, W]
             g.keys.copy_(table)
@@ -121,10 +123,10 @@ class DecodeGraphs:
         the forward picks the path itself, fused for buckets of more than one row."""
         device, head_dim = self.kv.kv.device, self.kv.head_dim
         long = dict(dtype=torch.long, device=device)
-        if self.flash:
+        if self.paged:
             keys = torch.full((rows, width), self.planner.scratch_block, dtype=torch.int32, device=device)
             lengths = torch.ones(rows, dtype=torch.int32, device=device)
-            plan = FlashPlan(keys, lengths, self.kv.block_size)
+            plan = PagedPlan(keys, lengths, self.kv.block_size, self.paged)
         else:
             keys = torch.full((rows * width,), self.kv.scratch_slot, **long)
             lengths = torch.zeros(rows, 1, 1, width, dtype=torch.bool, device=device)

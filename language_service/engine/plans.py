@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from language_service.engine.attention import KERNELS, BatchedPlan, FlashPlan, RowsPlan, causal_mask
+from language_service.engine.attention import KERNELS, BatchedPlan, PagedPlan, RowsPlan, causal_mask
 from language_service.engine.scheduler import PrefillChunk
 from language_service.engine.sequence import Sequence
 
@@ -17,7 +17,7 @@ from language_service.engine.sequence import Sequence
 class ForwardInputs:
     position_ids: torch.Tensor  # [R, T]
     write_slots: torch.Tensor  # [R * T] cache slot of each new token, row-major
-    plan: BatchedPlan | RowsPlan | FlashPlan
+    plan: BatchedPlan | RowsPlan | PagedPlan
     logits_index: torch.Tensor | None = None  # packed prefill: the token rows whose logits are sampled
 
 
@@ -64,13 +64,14 @@ class Planner:
         plan = BatchedPlan(len(seqs), num_keys, slots.reshape(-1), mask, kernel=self.kernel)
         return ForwardInputs(pos[:, None], writes, plan)
 
-    def flash_decode(self, seqs: list[Sequence]) -> ForwardInputs:
+    def paged_decode(self, seqs: list[Sequence], kernel: str) -> ForwardInputs:
+        """One new token per sequence, read in place through the block tables (`PagedPlan`)."""
         positions = [s.num_cached_tokens for s in seqs]
         width = max(len(s.block_table) for s in seqs)
         table = self.tensor([s.block_table + [self.scratch_block] * (width - len(s.block_table)) for s in seqs])
         pos = self.tensor(positions)
         writes = table.gather(1, (pos // self.block_size)[:, None]).view(-1) * self.block_size + pos % self.block_size
-        plan = FlashPlan(table.to(torch.int32), (pos + 1).to(torch.int32), self.block_size)
+        plan = PagedPlan(table.to(torch.int32), (pos + 1).to(torch.int32), self.block_size, kernel)
         return ForwardInputs(pos[:, None], writes, plan)
 
     def packed_prefill(self, chunks: list[PrefillChunk]) -> ForwardInputs:

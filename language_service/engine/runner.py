@@ -2,8 +2,8 @@
 
 Fast path (the default):
 - Decode: one forward for every decoding sequence, one token each; one attention call per layer
-  for the whole batch (`BatchedPlan`, or flash-attn's paged kernel on CUDA), under a CUDA graph
-  per batch-size bucket when enabled.
+  for the whole batch (`BatchedPlan`; on CUDA `PagedPlan`: flash-attn's or the Triton paged
+  kernel, reading the cache in place), under a CUDA graph per batch-size bucket when enabled.
 - Prefill: every scheduled prompt chunk packed into one `[1, tokens]` forward, fed `inputs_embeds`
   (text embeddings with the image features scattered into the chunk's `<IMG_CONTEXT>` positions).
 - Layers: batched forwards (several rows or chunks) run the fused decoder layers (`fused.py`,
@@ -31,7 +31,8 @@ from language_service.engine.scheduler import Batch, PrefillChunk
 from language_service.engine.sequence import Sequence
 
 DECODE_ROW_MULTIPLE = 4
-BACKENDS = ("sdpa", "eager", "flash")
+BACKENDS = ("sdpa", "eager", "flash", "triton")
+PAGED_BACKENDS = ("flash", "triton")  # decode reads the cache in place through the block tables
 
 
 class ModelRunner:
@@ -58,7 +59,8 @@ class ModelRunner:
         model.set_attn_implementation(PAGED_ATTENTION)
         self.graphs = None
         if cuda_graphs and self.device.type == "cuda" and not batch_invariant:
-            self.graphs = DecodeGraphs(self.forward, self.kv, self.planner, max_graph_batch, backend == "flash")
+            paged = backend if backend in PAGED_BACKENDS else None
+            self.graphs = DecodeGraphs(self.forward, self.kv, self.planner, max_graph_batch, paged)
 
     @torch.inference_mode()
     def run(self, batch: Batch) -> list[tuple[Sequence, int]]:
@@ -95,8 +97,8 @@ class ModelRunner:
             rows = -(-len(seqs) // self.decode_row_multiple) * self.decode_row_multiple
             inputs = self.planner.rows_decode(seqs, rows, self.kv.scratch_slot)
             ids += [0] * (rows - len(seqs))
-        elif self.backend == "flash":
-            inputs = self.planner.flash_decode(seqs)
+        elif self.backend in PAGED_BACKENDS:
+            inputs = self.planner.paged_decode(seqs, self.backend)
         else:
             inputs = self.planner.decode(seqs)
         embeds = self.embed_tokens(torch.tensor(ids, device=self.device)[:, None])  # [R, 1, H]

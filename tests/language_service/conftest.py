@@ -72,13 +72,13 @@ class EngineKit:
                max_prefill_tokens: int = 2048, max_model_len: int = 4096, eos: set[int] | None = None,
                registry: CollectorRegistry | None = None, batch_invariant: bool = False,
                kv_block_size: int = 16, cuda_graphs: bool = True, attn_implementation: str = "sdpa",
-               fused_layers: bool = True, prefix_caching: bool = True) -> Engine:
+               fused_layers: bool = True, prefix_caching: bool = True, decode_attention: str = "auto") -> Engine:
         """An engine built as LanguageCore builds one (`build_engine`), on this kit's model."""
         cfg = LanguageConfig(model="test", max_running_seqs=max_running_seqs, max_queue=max_waiting_seqs,
                              max_kv_tokens=max_kv_tokens, max_prefill_tokens=max_prefill_tokens,
                              max_model_len=max_model_len, batch_invariant=batch_invariant,
                              kv_block_size=kv_block_size, cuda_graphs=cuda_graphs, fused_layers=fused_layers,
-                             prefix_caching=prefix_caching)
+                             prefix_caching=prefix_caching, decode_attention=decode_attention)
         eos = {self.tokenizer.eos_token_id} if eos is None else eos
         return build_engine(cfg, self.model, self.image_token_id, attn_implementation, eos, max_model_len,
                             EngineMetrics(registry or CollectorRegistry()))

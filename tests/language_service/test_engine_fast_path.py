@@ -21,12 +21,13 @@ from tests.language_service.test_engine_batching import _staggered, recording
 LOGIT_BOUND = 1e-3  # absolute; observed max 2.4e-5 (tiny) and 4.3e-5 (small) on STAGGERED, fused layers
 
 
-def _check_against_solo(kit, limits: dict) -> int:
-    """Runs STAGGERED in a crowd and each alone, fast path; returns how many steps were compared."""
+def _check_against_solo(kit, limits: dict, solo_limits: dict | None = None) -> int:
+    """Runs STAGGERED in a crowd (engine built with `limits`) and each alone (`solo_limits`, default
+    the same), fast path; returns how many steps were compared."""
     crowd_engine = recording(kit.engine(**limits))
     arrivals, crowd = _staggered(kit, "batch-")
     drive(crowd_engine, arrivals)
-    solo_engine = recording(kit.engine(**limits))
+    solo_engine = recording(kit.engine(**(limits if solo_limits is None else solo_limits)))
     compared = 0
     for request, alone in zip(crowd, _staggered(kit, "solo-")[1]):
         drive(solo_engine, {0: [alone]})

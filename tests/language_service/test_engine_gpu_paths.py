@@ -1,4 +1,5 @@
-"""The GPU-only paths: CUDA-graph decode and flash-attn's paged decode. On CPU they must stay out
+"""The GPU-only paths: CUDA-graph decode and the paged decode kernels (flash-attn's; Triton's
+compiled, which test_triton_decode.py runs interpreted on the CPU). On CPU they must stay out
 of the way (the runner never builds them); with CUDA, graph replay must give eager's tokens (the
 batched buckets replay the fused decoder layers, `engine/fused.py`).
 scripts/gpu_check.sh exercises them end to end on a GPU machine."""
@@ -55,7 +56,7 @@ def test_graph_buffers_load_what_eager_decode_reads(tiny_kit):
     drive(tiny_kit.engine(), {0: eager})
     engine = tiny_kit.engine()
     runner = engine.runner
-    runner.graphs = DecodeGraphs(runner.forward, runner.kv, runner.planner, 8, flash=False, recorder=EagerGraph)
+    runner.graphs = DecodeGraphs(runner.forward, runner.kv, runner.planner, 8, paged=None, recorder=EagerGraph)
     graphed = requests()
     drive(engine, {0: graphed})
     assert [r.token_ids for r in graphed] == [r.token_ids for r in eager]
@@ -65,11 +66,12 @@ def test_graph_buffers_load_what_eager_decode_reads(tiny_kit):
     assert keys == {(4, 256, True), (2, 256, True), (2, 512, True), (1, 512, True)}
 
 
-def _tokens_on_cuda(kit, attention: str, graphs: bool, dtype: torch.dtype = torch.float32) -> list[list[int]]:
+def _tokens_on_cuda(kit, attention: str, graphs: bool, dtype: torch.dtype = torch.float32,
+                    decode_attention: str = "auto") -> list[list[int]]:
     kit.model.to("cuda", dtype)
     try:
         engine = kit.engine(kv_block_size=256 if attention == "flash_attention_2" else 16, cuda_graphs=graphs,
-                            attn_implementation=attention)
+                            attn_implementation=attention, decode_attention=decode_attention)
         assert (engine.runner.graphs is not None) == graphs
         requests = [kit.request(f"g{i}", f"graph request {i} " * (i + 1), 12) for i in range(3)]
         drive(engine, {0: requests})
@@ -93,4 +95,16 @@ def test_flash_paged_decode_agrees_with_sdpa(tiny_kit):
     flash = _tokens_on_cuda(tiny_kit, "flash_attention_2", True, torch.bfloat16)
     sdpa = _tokens_on_cuda(tiny_kit, "sdpa", False, torch.bfloat16)
     same = sum(a == b for f, s in zip(flash, sdpa) for a, b in zip(f, s))
+    assert same >= 0.8 * sum(len(s) for s in sdpa)
+
+
+@cuda
+def test_triton_paged_decode_on_cuda(tiny_kit):
+    """The compiled Triton kernel (the CPU suite runs it interpreted): fp32 under a graph equals
+    eager Triton decode, and it agrees with gather + SDPA in bf16."""
+    fp32 = _tokens_on_cuda(tiny_kit, "sdpa", True, decode_attention="triton")
+    assert fp32 == _tokens_on_cuda(tiny_kit, "sdpa", False, decode_attention="triton")
+    triton = _tokens_on_cuda(tiny_kit, "sdpa", True, torch.bfloat16, decode_attention="triton")
+    sdpa = _tokens_on_cuda(tiny_kit, "sdpa", False, torch.bfloat16)
+    same = sum(a == b for t, s in zip(triton, sdpa) for a, b in zip(t, s))
     assert same >= 0.8 * sum(len(s) for s in sdpa)

@@ -64,6 +64,7 @@ class EngineBenchOptions:
     attention: str = "auto"  # DeviceConfig.attn_implementation: auto | sdpa | eager | flash_attention_2
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     cuda_graphs: bool = True
+    decode_attention: str = "auto"  # LanguageConfig.decode_attention: auto | gather | triton
     batch_invariant: bool = False
     layers: str = "both"  # engine decoder layers: fused | stock | both (fused and stock alternating)
     baseline: bool = True  # measure transformers generate side by side
@@ -219,7 +220,7 @@ def load_core(opts: EngineBenchOptions):
                          max_running_seqs=top, max_queue=max(top, opts.poisson_requests, opts.prefix_cache_conversations),
                          max_kv_tokens=max(65536, top * (opts.prompt_tokens + opts.max_tokens) * 2),
                          cuda_graphs=opts.cuda_graphs, batch_invariant=opts.batch_invariant,
-                         prefix_caching=False)  # sections 1-2; section 4 turns it on by itself
+                         decode_attention=opts.decode_attention, prefix_caching=False)  # sections 1-2; section 4 turns it on by itself
     core = LanguageCore(cfg, opts.checkpoint)
     core.load()
     return core

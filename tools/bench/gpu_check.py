@@ -3,13 +3,13 @@ check the engine's GPU paths and record its numbers, in one JSON file.
 
 1. Writes the `1b-shape` checkpoint (InternVL3-1B's exact tensor shapes, random init).
 2. Runs `dvd bench engine` in bf16 at concurrency 1/16/64 for every available attention backend
-   (sdpa, eager, and flash_attention_2 when flash-attn imports), each with and without CUDA
-   graphs; transformers `generate` side by side on the first configuration only (it does not
+   (gather + sdpa, gather + eager, the Triton paged decode, and flash_attention_2 when flash-attn
+   imports), each with and without CUDA graphs; transformers `generate` side by side on the first configuration only (it does not
    change with the engine's settings).
 3. Token-exact check: greedy tokens of the engine (each prompt alone, then all in one batch)
    against `InternVLForConditionalGeneration.generate` on the same checkpoint and dtype; reports
    the fraction of tokens that agree (bf16 is not bit-stable across kernels, so less than 1.0 is
-   a finding to read, not a crash).
+   a finding to read, not a crash); again with the Triton paged decode where it runs.
 
 Results are written after every section, so a run cut short keeps what it measured. It imports
 nothing from the gateway (no fastapi/uvicorn), nor redis, xgrammar, the gRPC server extras or the
@@ -30,32 +30,40 @@ import torch
 import transformers
 
 from dvd.devices import flash_attn_available
+from language_service.engine.triton_decode import triton_available
 from tools.bench.engine import EngineBenchOptions, bench_prompts, load_core, run_engine_bench, submit
 
 
-def backends(device: str) -> list[str]:
-    return ["sdpa", "eager"] + (["flash_attention_2"] if device.startswith("cuda") and flash_attn_available() else [])
+def backends(device: str) -> list[tuple[str, str]]:
+    """(attn_implementation, decode_attention) pairs to run: gather + SDPA, on CUDA the Triton paged
+    decode (Triton ships with CUDA torch), gather + eager, and flash-attn's paged decode when it
+    imports. The order puts what a timeout would cost most first."""
+    cuda = device.startswith("cuda")
+    pairs = [("sdpa", "gather")] + ([("sdpa", "triton")] if cuda and triton_available() else [])
+    return pairs + [("eager", "gather")] + ([("flash_attention_2", "auto")] if cuda and flash_attn_available() else [])
 
 
 def bench_section(opts: EngineBenchOptions, device: str) -> list[dict]:
     runs = []
     graph_modes = (True, False) if device.startswith("cuda") else (False,)
-    for i, (attention, graphs) in enumerate((a, g) for a in backends(device) for g in graph_modes):
-        run_opts = replace(opts, attention=attention, cuda_graphs=graphs, baseline=i == 0,
+    for i, ((attention, decode), graphs) in enumerate((a, g) for a in backends(device) for g in graph_modes):
+        run_opts = replace(opts, attention=attention, decode_attention=decode, cuda_graphs=graphs, baseline=i == 0,
                            poisson_requests=opts.poisson_requests if i == 0 else 0,
                            prefix_cache_conversations=opts.prefix_cache_conversations if i == 0 else 0)
         started = time.perf_counter()
         result = run_engine_bench(run_opts)
-        runs.append({"attention": attention, "cuda_graphs": graphs, "seconds": time.perf_counter() - started,
+        runs.append({"attention": attention, "decode_attention": decode, "cuda_graphs": graphs, "seconds": time.perf_counter() - started,
                      **result.as_dict()})
     return runs
 
 
-def token_check(checkpoint: Path, device: str, dtype: str, num_prompts: int, max_tokens: int) -> dict:
+def token_check(checkpoint: Path, device: str, dtype: str, num_prompts: int, max_tokens: int,
+                decode_attention: str = "auto") -> dict:
     """Engine greedy tokens (solo and batched) vs InternVLForConditionalGeneration.generate."""
     from transformers import InternVLForConditionalGeneration
 
-    opts = EngineBenchOptions(checkpoint=checkpoint, concurrency=(num_prompts,), device=device, dtype=dtype)
+    opts = EngineBenchOptions(checkpoint=checkpoint, concurrency=(num_prompts,), device=device, dtype=dtype,
+                              decode_attention=decode_attention)
     core = load_core(opts)
     prompts = bench_prompts(core, num_prompts, 48)
     try:
@@ -73,6 +81,7 @@ def token_check(checkpoint: Path, device: str, dtype: str, num_prompts: int, max
                                  min_new_tokens=max_tokens, do_sample=False)
             reference.append(out[0, len(prompt):].tolist())
     return {"num_prompts": num_prompts, "max_tokens": max_tokens, "dtype": str(model.dtype),
+            "decode_attention": core.engine.runner.backend,
             "solo_agreement": _agreement(solo, reference), "batched_agreement": _agreement(batched, reference),
             "solo_exact_sequences": sum(a == b for a, b in zip(solo, reference)),
             "batched_exact_sequences": sum(a == b for a, b in zip(batched, reference))}
@@ -124,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     report["engine_bench"] = bench_section(opts, a.device)
     _write(out, report)
     report["token_check"] = token_check(checkpoint, a.device, a.dtype, a.check_prompts, a.check_tokens)
+    if ("sdpa", "triton") in backends(a.device):
+        _write(out, report)
+        report["token_check_triton"] = token_check(checkpoint, a.device, a.dtype, a.check_prompts, a.check_tokens,
+                                                   "triton")
     report["fastapi_imported"] = any(m in sys.modules for m in ("fastapi", "uvicorn"))
     # The generated gRPC code needs protobuf >= 7.35, and a bare GPU machine's protobuf may be older.
     report["protos_imported"] = "protos" in sys.modules
