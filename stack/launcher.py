@@ -75,6 +75,7 @@ class StackOptions:
     threads: int = 0
     batch_invariant: bool = False  # language engines keep solo == batched outputs bit for bit (slower)
     prefix_caching: bool = True  # language engines reuse the KV blocks of cached prefixes
+    decode_attention: str = "auto"  # language engines' decode attention on a GPU (LanguageConfig)
     vision_args: list[str] = field(default_factory=list)
     language_args: list[str] = field(default_factory=list)
     gateway_args: list[str] = field(default_factory=list)
@@ -185,7 +186,8 @@ class LocalStack:
                   "--device", self.opts.device, "--dtype", self.opts.dtype] + self._tls_args("tls")
         template = ["--chat-template", self.opts.chat_template]
         engine = (["--batch-invariant"] if self.opts.batch_invariant else []) + (
-            [] if self.opts.prefix_caching else ["--no-prefix-caching"])
+            [] if self.opts.prefix_caching else ["--no-prefix-caching"]) + [
+            "--decode-attention", self.opts.decode_attention]
         if self.opts.monolithic:
             port = free_port(self.opts.host)
             target = f"{self.opts.host}:{port}"

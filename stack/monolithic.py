@@ -9,7 +9,7 @@ import asyncio
 import logging
 
 from dvd.checkpoint import resolve_checkpoint
-from dvd.config import LanguageConfig, VisionConfig
+from dvd.config import DECODE_ATTENTION, LanguageConfig, VisionConfig
 from dvd.flags import add_common, device_config, server_tls, setup_logging
 from dvd.grpc_server import GrpcService
 from dvd.metrics import MetricsServer, new_registry
@@ -51,13 +51,15 @@ async def serve(vision_cfg: VisionConfig, language_cfg: LanguageConfig) -> None:
         metrics.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_configs(argv: list[str] | None = None) -> tuple[VisionConfig, LanguageConfig]:
     p = argparse.ArgumentParser(prog="python -m stack.monolithic", description=__doc__)
     add_common(p, default_port=50051)
     p.add_argument("--attn-implementation", default="auto")
     p.add_argument("--max-running-seqs", type=int, default=16)
     p.add_argument("--batch-invariant", action="store_true", help="bit-exact solo == batched outputs (slower)")
     p.add_argument("--no-prefix-caching", action="store_true", help="prefill every prompt in full")
+    p.add_argument("--decode-attention", choices=DECODE_ATTENTION, default="auto",
+                   help="decode attention on a GPU: auto | gather | triton (paged Triton kernel)")
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: a free one)")
     p.add_argument("--chat-template", default="checkpoint", help="checkpoint | internvl2_5 | PATH.jinja")
     a = p.parse_args(argv)
@@ -68,8 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     language_cfg = LanguageConfig(model=a.model, host=a.host, port=a.port, device=device,
                                   max_running_seqs=a.max_running_seqs, drain_grace_s=a.drain_grace_s,
                                   chat_template=a.chat_template, batch_invariant=a.batch_invariant,
-                                  prefix_caching=not a.no_prefix_caching)
-    asyncio.run(serve(vision_cfg, language_cfg))
+                                  prefix_caching=not a.no_prefix_caching, decode_attention=a.decode_attention)
+    return vision_cfg, language_cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    asyncio.run(serve(*parse_configs(argv)))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         vision_replicas=a.vision_replicas, language_replicas=a.language_replicas, model_name=a.model_name,
         device=a.device, dtype=a.dtype, redis_url=a.redis, log_dir=Path(a.log_dir) if a.log_dir else None,
         threads=a.threads, chat_template=a.chat_template, batch_invariant=a.batch_invariant,
-        prefix_caching=not a.no_prefix_caching, tls_ca=a.tls_ca, tls_cert=a.tls_cert, tls_key=a.tls_key,
+        prefix_caching=not a.no_prefix_caching, decode_attention=a.decode_attention, tls_ca=a.tls_ca, tls_cert=a.tls_cert, tls_key=a.tls_key,
         gateway_args=["--api-keys-file", a.api_keys_file] if a.api_keys_file else [], vision_args=_vision_args(a),
     )
     stop = threading.Event()
@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="language engines give bit-identical outputs whatever else is batched (slower; see README)")
     sv.add_argument("--no-prefix-caching", action="store_true",
                     help="language engines prefill every prompt in full (default: reuse cached prefixes' KV)")
+    sv.add_argument("--decode-attention", choices=DECODE_ATTENTION, default="auto",
+                    help="language engines' decode attention on a GPU: auto | gather | triton (paged Triton kernel)")
     sv.add_argument("--vision-replicas", type=int, default=1)
     sv.add_argument("--preprocess-workers", type=int, default=0,
                     help="decode/resize/tile threads per vision replica (0: one per CPU it may use)")

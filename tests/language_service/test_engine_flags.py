@@ -1,5 +1,5 @@
-"""The engine's mode and geometry flags reach the config: `--batch-invariant` and
-`--no-prefix-caching` on the language service, on `stack.monolithic` (through the launcher) and on
+"""The engine's mode and geometry flags reach the config: `--batch-invariant`,
+`--no-prefix-caching` and `--decode-attention` on the language service, on `stack.monolithic` (through the launcher) and on
 `dvd serve`."""
 
 from __future__ import annotations
@@ -43,3 +43,14 @@ def test_no_prefix_caching_reaches_every_language_process(monkeypatch):
     assert args.no_prefix_caching and not build_parser().parse_args(["serve"]).no_prefix_caching
     spawned = _spawned(monkeypatch, prefix_caching=False)
     assert {m for m, argv in spawned if "--no-prefix-caching" in argv} == {"language_service", "stack.monolithic"}
+
+
+def test_decode_attention_reaches_every_language_process(monkeypatch):
+    from stack.monolithic import parse_configs
+
+    assert build_parser().parse_args(["serve", "--decode-attention", "triton"]).decode_attention == "triton"
+    spawned = _spawned(monkeypatch, decode_attention="triton")
+    chosen = {m: argv[argv.index("--decode-attention") + 1] for m, argv in spawned if "--decode-attention" in argv}
+    assert chosen == {"language_service": "triton", "stack.monolithic": "triton"}
+    assert parse_config(["--model", "m", "--decode-attention", "gather"]).decode_attention == "gather"
+    assert parse_configs(["--model", "m", "--decode-attention", "triton"])[1].decode_attention == "triton"
