@@ -13,7 +13,8 @@ out = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s.
 
 Everything varying per step is in tensors (table, lengths), and the number of splits depends only
 on shapes, so the kernel replays under CUDA graphs. On a CPU tensor the kernel runs in Triton's
-interpreter: far too slow to serve, exact enough to test (tests/language_service/test_triton_decode.py)."""
+interpreter: far too slow to serve, exact enough to test (tests/language_service/test_triton_decode.py).
+The kernel itself is in `triton_decode_kernel.py`, imported on first use."""
 
 from __future__ import annotations
 
@@ -36,12 +37,17 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+@cache
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def num_splits(rows: int, kv_heads: int, max_keys: int, device: torch.device) -> int:
     """Key splits per (row, KV head): enough programs for two waves over the GPU's SMs, none
     shorter than MIN_KEYS_PER_SPLIT keys. One on a CPU (the interpreter runs programs in turn)."""
     if device.type != "cuda":
         return 1
-    programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    programs = 2 * _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
     wanted = -(-programs // (rows * kv_heads))
     return max(1, min(wanted, -(-max_keys // MIN_KEYS_PER_SPLIT)))
 
@@ -52,61 +58,11 @@ def interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
 
-@cache
 def _kernel():
-    """The jitted kernel, built on first use so that importing the engine needs no Triton."""
-    import triton
-    import triton.language as tl
+    """The jitted kernel, imported on first use so that importing the engine needs no Triton."""
+    from language_service.engine.triton_decode_kernel import paged_decode_kernel
 
-    def paged_decode_kernel(
-        q_ptr, k_ptr, v_ptr, table_ptr, lengths_ptr, acc_ptr, ml_ptr,
-        stride_q_row, stride_q_head, stride_slot, stride_kv_head, stride_table_row,
-        scale, keys_per_split,
-        GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
-        BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, NUM_SPLITS: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
-        IEEE: tl.constexpr,
-    ):
-        row, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        length = tl.load(lengths_ptr + row)
-        g = tl.arange(0, GROUP_PAD)  # query heads of this group (padding past GROUP)
-        d = tl.arange(0, DIM_PAD)
-        d_ok = d < HEAD_DIM
-        q_rows = q_ptr + row * stride_q_row + (kv_head * GROUP + g)[:, None] * stride_q_head + d[None, :]
-        q = tl.load(q_rows, mask=(g < GROUP)[:, None] & d_ok[None, :], other=0.0)  # [G, D]
-        m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-        l_sum = tl.zeros([GROUP_PAD], tl.float32)
-        acc = tl.zeros([GROUP_PAD, DIM_PAD], tl.float32)
-        start = split * keys_per_split
-        end = tl.minimum(start + keys_per_split, length)
-        for tile in range(start, end, TILE):
-            pos = tile + tl.arange(0, TILE)  # the row's key positions
-            valid = pos < end
-            block = tl.load(table_ptr + row * stride_table_row + pos // BLOCK_SIZE, mask=valid, other=0)
-            slot = block.to(tl.int64) * BLOCK_SIZE + pos % BLOCK_SIZE
-            kv_offsets = slot[:, None] * stride_slot + kv_head * stride_kv_head + d[None, :]  # [TILE, D]
-            kv_mask = valid[:, None] & d_ok[None, :]
-            k = tl.load(k_ptr + kv_offsets, mask=kv_mask, other=0.0)
-            if IEEE:  # fp32 stays fp32 (a GPU's default would round it to tf32)
-                scores = tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                scores = tl.dot(q, tl.trans(k))
-            scores = tl.where(valid[None, :], scores * scale, float("-inf"))  # [G, TILE] fp32
-            m_new = tl.maximum(m, tl.max(scores, 1))
-            p = tl.exp(scores - m_new[:, None])
-            alpha = tl.exp(m - m_new)
-            v = tl.load(v_ptr + kv_offsets, mask=kv_mask, other=0.0)
-            if IEEE:
-                acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            l_sum = l_sum * alpha + tl.sum(p, 1)
-            m = m_new
-        part = (row * NUM_KV_HEADS + kv_head) * NUM_SPLITS + split  # [rows, kv_heads, splits, ...] row-major
-        tl.store(acc_ptr + part * GROUP_PAD * DIM_PAD + g[:, None] * DIM_PAD + d[None, :], acc)
-        tl.store(ml_ptr + part * 2 * GROUP_PAD + g, m)
-        tl.store(ml_ptr + part * 2 * GROUP_PAD + GROUP_PAD + g, l_sum)
-
-    return triton.jit(paged_decode_kernel)
+    return paged_decode_kernel
 
 
 def paged_decode(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, block_table: torch.Tensor,
@@ -123,7 +79,7 @@ def paged_decode(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     group = heads // kv_heads
     max_keys = block_table.shape[1] * block_size
     splits = splits or num_splits(rows, kv_heads, max_keys, query.device)
-    keys_per_split = -(-max_keys // splits)
+    keys_per_split = -(-max_keys // (splits * TILE)) * TILE  # whole tiles: only a row's last tile is partial
     group_pad, dim_pad = max(MIN_GROUP, _next_pow2(group)), max(16, _next_pow2(dim))
     acc = torch.empty(rows, kv_heads, splits, group_pad, dim_pad, dtype=torch.float32, device=query.device)
     ml = torch.empty(rows, kv_heads, splits, 2, group_pad, dtype=torch.float32, device=query.device)

@@ -106,9 +106,8 @@ COMPILE_FOR_H100 = textwrap.dedent("""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from language_service.engine.triton_decode import _kernel
+    from language_service.engine.triton_decode_kernel import paged_decode_kernel as kernel
 
-    kernel = _kernel()
     for dtype in ("*bf16", "*fp32"):
         signature = {name: "i32" for name in kernel.arg_names}
         signature.update(q_ptr=dtype, k_ptr=dtype, v_ptr=dtype, table_ptr="*i32", lengths_ptr="*i32",
