@@ -52,13 +52,17 @@ def test_gpu_check_dry_run_on_cpu(tiny_ckpt, tmp_path):
            "VISION_WIDTHS": "1,2", "VISION_ROUNDS": "1"}
     subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh"), str(out), "--device", "cpu", "--dtype", "float32",
                     "--preset", str(tiny_ckpt), "--concurrency", "1,2", "--max-tokens", "4", "--prompt-tokens", "24",
-                    "--check-prompts", "2", "--check-tokens", "6", "--poisson-requests", "3"],
+                    "--check-prompts", "2", "--check-tokens", "6", "--poisson-requests", "3",
+                    "--decode-keys", "40", "--decode-batches", "1,3"],
                    check=True, env=env, cwd=tmp_path, capture_output=True, timeout=600)
     report = json.loads(out.read_text())
     runs = report["engine_bench"]
     assert [r["attention"] for r in runs] == ["sdpa", "eager"]  # no CUDA here: no graphs, no flash
     assert all(r["engine_tokens_per_s"]["1"] > 0 and r["kv_capacity"]["paged_peak"] > 0 for r in runs)
     assert runs[0]["generate_tokens_per_s"] and runs[0]["poisson"]
+    decode = report["paged_decode"]  # the tiny checkpoint's heads; Triton interpreted here (tests/conftest.py)
+    assert (decode["heads"], decode["kv_heads"]) == (4, 2) and [r["rows"] for r in decode["results"]] == [1, 3]
+    assert all(r["us"]["gather + sdpa"] > 0 and r["max_abs_diff"]["triton"] < 1e-5 for r in decode["results"])
     check = report["token_check"]
     assert check["solo_agreement"] == 1.0 and check["solo_exact_sequences"] == 2
     assert report["fastapi_imported"] is False and report["protos_imported"] is False

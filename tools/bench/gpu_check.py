@@ -1,7 +1,9 @@
 """`scripts/gpu_check.sh` (python -m tools.bench.gpu_check): what a GPU machine runs once to
 check the engine's GPU paths and record its numbers, in one JSON file.
 
-1. Writes the `1b-shape` checkpoint (InternVL3-1B's exact tensor shapes, random init).
+1. Writes the `1b-shape` checkpoint (InternVL3-1B's exact tensor shapes, random init), and times
+   one layer's decode attention per backend at 512 and 4096 keys per row (`paged_decode`: the
+   gather path, the Triton paged kernel, flash-attn's), with each one's difference from gather.
 2. Runs `dvd bench engine` in bf16 at concurrency 1/16/64 for every available attention backend
    (gather + sdpa, gather + eager, the Triton paged decode, and flash_attention_2 when flash-attn
    imports), each with and without CUDA graphs; transformers `generate` side by side on the first configuration only (it does not
@@ -31,6 +33,7 @@ import transformers
 
 from dvd.devices import flash_attn_available
 from language_service.engine.triton_decode import triton_available
+from tools.bench import paged_decode
 from tools.bench.engine import EngineBenchOptions, bench_prompts, load_core, run_engine_bench, submit
 
 
@@ -55,6 +58,20 @@ def bench_section(opts: EngineBenchOptions, device: str) -> list[dict]:
         runs.append({"attention": attention, "decode_attention": decode, "cuda_graphs": graphs, "seconds": time.perf_counter() - started,
                      **result.as_dict()})
     return runs
+
+
+def paged_decode_section(checkpoint: Path, a: argparse.Namespace) -> dict:
+    """One layer's decode attention per backend (tools/bench/paged_decode.py) at the checkpoint's
+    heads, at longer contexts than the engine bench's prompts."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    text = config.get("text_config") or config.get("llm_config") or {}  # HF-native / original layout
+    heads, kv_heads = text.get("num_attention_heads", 14), text.get("num_key_value_heads", 2)
+    dim = text.get("head_dim") or text.get("hidden_size", 896) // heads
+    batches, keys = [int(b) for b in a.decode_batches.split(",")], [int(k) for k in a.decode_keys.split(",")]
+    started = time.perf_counter()
+    results = paged_decode.run(torch.device(a.device), getattr(torch, a.dtype), batches, keys, heads, kv_heads, dim)
+    return {"heads": heads, "kv_heads": kv_heads, "head_dim": dim, "results": results,
+            "seconds": time.perf_counter() - started}
 
 
 def token_check(checkpoint: Path, device: str, dtype: str, num_prompts: int, max_tokens: int,
@@ -115,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check-prompts", type=int, default=8)
     p.add_argument("--check-tokens", type=int, default=32)
     p.add_argument("--poisson-requests", type=int, default=16)
+    p.add_argument("--decode-keys", default="512,4096", help="keys per row of the decode-attention kernel section")
+    p.add_argument("--decode-batches", default="1,16,64")
     a = p.parse_args(argv)
     from tools.checkpoint import ensure_checkpoint
 
@@ -126,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     checkpoint = Path(ensure_checkpoint(a.preset, Path(a.checkpoint_root)))
     report["checkpoint"] = {"preset": a.preset, "path": str(checkpoint), "seconds": time.perf_counter() - started}
+    _write(out, report)
+    report["paged_decode"] = paged_decode_section(checkpoint, a)
     _write(out, report)
     opts = EngineBenchOptions(checkpoint=checkpoint, concurrency=tuple(int(c) for c in a.concurrency.split(",")),
                               max_tokens=a.max_tokens, prompt_tokens=a.prompt_tokens, repeats=a.repeats,
