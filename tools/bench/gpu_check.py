@@ -4,16 +4,17 @@ check the engine's GPU paths and record its numbers, in one JSON file.
 1. Writes the `1b-shape` checkpoint (InternVL3-1B's exact tensor shapes, random init), and times
    one layer's decode attention per backend at 512 and 4096 keys per row (`paged_decode`: the
    gather path, the Triton paged kernel, flash-attn's), with each one's difference from gather.
-2. Runs `dvd bench engine` in bf16 at concurrency 1/16/64 for every available attention backend
-   (gather + sdpa, gather + eager, the Triton paged decode, and flash_attention_2 when flash-attn
-   imports), each with and without CUDA graphs; transformers `generate` side by side on the first configuration only (it does not
-   change with the engine's settings).
-3. Token-exact check: greedy tokens of the engine (each prompt alone, then all in one batch)
+2. Token-exact check: greedy tokens of the engine (each prompt alone, then all in one batch)
    against `InternVLForConditionalGeneration.generate` on the same checkpoint and dtype; reports
    the fraction of tokens that agree (bf16 is not bit-stable across kernels, so less than 1.0 is
    a finding to read, not a crash); again with the Triton paged decode where it runs.
+3. Runs `dvd bench engine` in bf16 at concurrency 1/16/64 for every available attention backend
+   (gather + sdpa, the Triton paged decode, gather + eager, and flash_attention_2 when flash-attn
+   imports), each with and without CUDA graphs; transformers `generate` side by side on the first
+   configuration only (it does not change with the engine's settings).
 
-Results are written after every section, so a run cut short keeps what it measured. It imports
+Results are written after every section and every bench run, so a run cut short keeps what it
+measured. It imports
 nothing from the gateway (no fastapi/uvicorn), nor redis, xgrammar, the gRPC server extras or the
 generated protobuf code (the GPU machine's image has torch, transformers, grpcio and numpy, not
 the rest of the project's dependencies; the CPU dry run checks it in a venv without them), and
@@ -25,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,8 +48,8 @@ def backends(device: str) -> list[tuple[str, str]]:
     return pairs + [("eager", "gather")] + ([("flash_attention_2", "auto")] if cuda and flash_attn_available() else [])
 
 
-def bench_section(opts: EngineBenchOptions, device: str) -> list[dict]:
-    runs = []
+def bench_section(opts: EngineBenchOptions, device: str) -> Iterator[dict]:
+    """One engine bench run per (backend, CUDA graphs or not), yielded as each finishes."""
     graph_modes = (True, False) if device.startswith("cuda") else (False,)
     for i, ((attention, decode), graphs) in enumerate((a, g) for a in backends(device) for g in graph_modes):
         run_opts = replace(opts, attention=attention, decode_attention=decode, cuda_graphs=graphs, baseline=i == 0,
@@ -55,9 +57,8 @@ def bench_section(opts: EngineBenchOptions, device: str) -> list[dict]:
                            prefix_cache_conversations=opts.prefix_cache_conversations if i == 0 else 0)
         started = time.perf_counter()
         result = run_engine_bench(run_opts)
-        runs.append({"attention": attention, "decode_attention": decode, "cuda_graphs": graphs, "seconds": time.perf_counter() - started,
-                     **result.as_dict()})
-    return runs
+        yield {"attention": attention, "decode_attention": decode, "cuda_graphs": graphs,
+               "seconds": time.perf_counter() - started, **result.as_dict()}
 
 
 def paged_decode_section(checkpoint: Path, a: argparse.Namespace) -> dict:
@@ -146,18 +147,23 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = Path(ensure_checkpoint(a.preset, Path(a.checkpoint_root)))
     report["checkpoint"] = {"preset": a.preset, "path": str(checkpoint), "seconds": time.perf_counter() - started}
     _write(out, report)
+    # Correctness and the kernel-level timings first: a run cut short by its timeout loses the
+    # last engine bench runs, not the token checks.
     report["paged_decode"] = paged_decode_section(checkpoint, a)
     _write(out, report)
+    report["token_check"] = token_check(checkpoint, a.device, a.dtype, a.check_prompts, a.check_tokens)
+    _write(out, report)
+    if ("sdpa", "triton") in backends(a.device):
+        report["token_check_triton"] = token_check(checkpoint, a.device, a.dtype, a.check_prompts, a.check_tokens,
+                                                   "triton")
+        _write(out, report)
     opts = EngineBenchOptions(checkpoint=checkpoint, concurrency=tuple(int(c) for c in a.concurrency.split(",")),
                               max_tokens=a.max_tokens, prompt_tokens=a.prompt_tokens, repeats=a.repeats,
                               device=a.device, dtype=a.dtype, poisson_requests=a.poisson_requests)
-    report["engine_bench"] = bench_section(opts, a.device)
-    _write(out, report)
-    report["token_check"] = token_check(checkpoint, a.device, a.dtype, a.check_prompts, a.check_tokens)
-    if ("sdpa", "triton") in backends(a.device):
+    report["engine_bench"] = []
+    for run in bench_section(opts, a.device):
+        report["engine_bench"].append(run)
         _write(out, report)
-        report["token_check_triton"] = token_check(checkpoint, a.device, a.dtype, a.check_prompts, a.check_tokens,
-                                                   "triton")
     report["fastapi_imported"] = any(m in sys.modules for m in ("fastapi", "uvicorn"))
     # The generated gRPC code needs protobuf >= 7.35, and a bare GPU machine's protobuf may be older.
     report["protos_imported"] = "protos" in sys.modules
