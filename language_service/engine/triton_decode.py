@@ -76,6 +76,9 @@ def paged_decode(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
                          "TRITON_INTERPRET=1, for tests)")
     rows, heads, dim = query.shape
     kv_heads = keys.shape[1]
+    if keys.stride() != values.stride() or keys.stride(-1) != 1 or heads % kv_heads:
+        raise ValueError(f"paged_decode: keys/values strides {keys.stride()}/{values.stride()} (must match, "
+                         f"last dim contiguous), {heads} heads over {kv_heads} KV heads")
     group = heads // kv_heads
     max_keys = block_table.shape[1] * block_size
     splits = splits or num_splits(rows, kv_heads, max_keys, query.device)
