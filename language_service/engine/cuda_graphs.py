@@ -65,7 +65,7 @@ class _Graph:
     sin: torch.Tensor
     writes: torch.Tensor  # [B]
     keys: torch.Tensor  # SDPA: gather slots [B * S]; paged: block table [B, W] int32
-    lengths: torch.Tensor  # SDPA: keep-mask [B, 1, 1, S]; paged: cache_seqlens [B] int32
+    lengths: torch.Tensor  # SDPA: mask [B, 1, 1, S] (additive, `Planner.batch_mask`); paged: seqlens [B] int32
     logits: torch.Tensor  # [B, vocab]
 
 
@@ -115,7 +115,8 @@ class DecodeGraphs:
         slots = self.planner.slot_table(seqs, num_keys)  # [n, S]
         slots = torch.cat([slots, slots.new_full((rows - n, num_keys), self.kv.scratch_slot)])
         g.keys.copy_(slots.view(-1))
-        g.lengths.copy_((torch.arange(num_keys, device=pos.device)[None] <= pos[:, None])[:, None, None])
+        keep = (torch.arange(num_keys, device=pos.device)[None] <= pos[:, None])[:, None, None]  # [B, 1, 1, S]
+        g.lengths.copy_(self.planner.batch_mask(keep))
         g.writes.copy_(slots.gather(1, pos[:, None]).view(-1))
 
     def _capture(self, rows: int, width: int, fused: bool) -> _Graph:
@@ -129,8 +130,9 @@ class DecodeGraphs:
             plan = PagedPlan(keys, lengths, self.kv.block_size, self.paged)
         else:
             keys = torch.full((rows * width,), self.kv.scratch_slot, **long)
-            lengths = torch.zeros(rows, 1, 1, width, dtype=torch.bool, device=device)
-            lengths[..., 0] = True
+            keep = torch.zeros(rows, 1, 1, width, dtype=torch.bool, device=device)
+            keep[..., 0] = True
+            lengths = self.planner.batch_mask(keep)  # made additive once per step, as eager decode's: not per layer
             plan = BatchedPlan(rows, width, keys, lengths, kernel=self.planner.kernel)
         ids = torch.zeros(rows, 1, **long)
         writes = torch.full((rows,), self.kv.scratch_slot, **long)
