@@ -63,6 +63,9 @@ def test_gpu_check_dry_run_on_cpu(tiny_ckpt, tmp_path):
     decode = report["paged_decode"]  # the tiny checkpoint's heads; Triton interpreted here (tests/conftest.py)
     assert (decode["heads"], decode["kv_heads"]) == (4, 2) and [r["rows"] for r in decode["results"]] == [1, 3]
     assert all(r["us"]["gather + sdpa"] > 0 and r["max_abs_diff"]["triton"] < 1e-5 for r in decode["results"])
+    from tools.bench.gpu_check import _errors
+
+    assert _errors(report) == []
     check = report["token_check"]
     assert check["solo_agreement"] == 1.0 and check["solo_exact_sequences"] == 2
     assert report["fastapi_imported"] is False and report["protos_imported"] is False
@@ -71,6 +74,25 @@ def test_gpu_check_dry_run_on_cpu(tiny_ckpt, tmp_path):
     assert vision["cuda_equality_tests"] == "passed"  # collected and run (skipped here: no CUDA)
     assert vision["device_tiling"]["exact"] and vision["device_tiling"]["tiles_equal"]
     assert report["cuda_device"] == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+
+
+def test_a_failing_section_is_recorded_and_the_rest_still_runs(tiny_ckpt, tmp_path, monkeypatch):
+    """The first GPU run of paths never run on a GPU: one that raises must not cost the others."""
+    from tools.bench import gpu_check
+
+    def broken(*_):
+        raise RuntimeError("kernel failed to compile")
+
+    monkeypatch.setattr(gpu_check, "paged_decode_section", broken)
+    out = tmp_path / "report.json"
+    code = gpu_check.main(["--out", str(out), "--device", "cpu", "--dtype", "float32", "--preset", str(tiny_ckpt),
+                           "--concurrency", "1", "--max-tokens", "3", "--prompt-tokens", "16", "--check-prompts", "1",
+                           "--check-tokens", "3", "--poisson-requests", "0"])
+    report = json.loads(out.read_text())
+    assert code == 1 and report["paged_decode"]["error"] == "RuntimeError: kernel failed to compile"
+    assert "broken" in report["paged_decode"]["traceback"]
+    assert report["token_check"]["solo_agreement"] == 1.0 and len(report["engine_bench"]) == 2  # sdpa, eager
+    assert gpu_check._errors(report) == ["RuntimeError: kernel failed to compile"]
 
 
 def test_device_tiling_bench_reports_equal_tiles_and_both_cpu_costs(tmp_path):

@@ -14,7 +14,8 @@ check the engine's GPU paths and record its numbers, in one JSON file.
    configuration only (it does not change with the engine's settings).
 
 Results are written after every section and every bench run, so a run cut short keeps what it
-measured. It imports nothing from the gateway (no fastapi/uvicorn), nor redis, xgrammar, the gRPC
+measured; a section or bench run that raises is recorded as `{"error", "traceback"}` and the next
+one runs (exit status 1 when any did). It imports nothing from the gateway (no fastapi/uvicorn), nor redis, xgrammar, the gRPC
 server extras or the generated protobuf code (the GPU machine's image has torch, transformers,
 grpcio and numpy, not the rest of the project's dependencies; the CPU dry run checks it in a venv
 without them), and needs no network. `--device cpu --preset tiny` is the dry path the CPU test suite runs."""
@@ -25,7 +26,8 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -55,9 +57,9 @@ def bench_section(opts: EngineBenchOptions, device: str) -> Iterator[dict]:
                            poisson_requests=opts.poisson_requests if i == 0 else 0,
                            prefix_cache_conversations=opts.prefix_cache_conversations if i == 0 else 0)
         started = time.perf_counter()
-        result = run_engine_bench(run_opts)
+        result = _guarded(lambda run_opts=run_opts: run_engine_bench(run_opts).as_dict())
         yield {"attention": attention, "decode_attention": decode, "cuda_graphs": graphs,
-               "seconds": time.perf_counter() - started, **result.as_dict()}
+               "seconds": time.perf_counter() - started, **result}
 
 
 def paged_decode_section(checkpoint: Path, a: argparse.Namespace) -> dict:
@@ -147,14 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     report["checkpoint"] = {"preset": a.preset, "path": str(checkpoint), "seconds": time.perf_counter() - started}
     _write(out, report)
     # Correctness and the kernel-level timings first: a run cut short by its timeout loses the
-    # last engine bench runs, not the token checks.
-    report["paged_decode"] = paged_decode_section(checkpoint, a)
+    # last engine bench runs, not the token checks. A section that raises is recorded as an error
+    # and the next one runs: on a machine none of this has run on, one broken path must not cost
+    # the rest of the check.
+    report["paged_decode"] = _guarded(lambda: paged_decode_section(checkpoint, a))
     _write(out, report)
-    report["token_check"] = token_check(checkpoint, a.device, a.dtype, a.check_prompts, a.check_tokens)
+    report["token_check"] = _guarded(lambda: token_check(checkpoint, a.device, a.dtype, a.check_prompts,
+                                                         a.check_tokens))
     _write(out, report)
     if ("sdpa", "triton") in backends(a.device):
-        report["token_check_triton"] = token_check(checkpoint, a.device, a.dtype, a.check_prompts, a.check_tokens,
-                                                   "triton")
+        report["token_check_triton"] = _guarded(lambda: token_check(checkpoint, a.device, a.dtype, a.check_prompts,
+                                                                    a.check_tokens, "triton"))
         _write(out, report)
     opts = EngineBenchOptions(checkpoint=checkpoint, concurrency=tuple(int(c) for c in a.concurrency.split(",")),
                               max_tokens=a.max_tokens, prompt_tokens=a.prompt_tokens, repeats=a.repeats,
@@ -169,7 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     report["total_seconds"] = time.perf_counter() - started
     _write(out, report)
     print(json.dumps(report, indent=1))
-    return 0
+    return 1 if _errors(report) else 0
+
+
+def _guarded(section: Callable[[], dict]) -> dict:
+    """The section's result, or what it raised (the message and the traceback's last lines)."""
+    try:
+        return section()
+    except Exception as exc:  # noqa: BLE001 - recorded in the report; the next section runs
+        return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
+
+
+def _errors(report: dict) -> list[str]:
+    sections = [v for v in report.values() if isinstance(v, dict)] + list(report.get("engine_bench", []))
+    return [s["error"] for s in sections if "error" in s]
 
 
 def _write(path: Path, report: dict) -> None:
