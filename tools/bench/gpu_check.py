@@ -15,10 +15,11 @@ check the engine's GPU paths and record its numbers, in one JSON file.
 
 Results are written after every section and every bench run, so a run cut short keeps what it
 measured; a section or bench run that raises is recorded as `{"error", "traceback"}` and the next
-one runs (exit status 1 when any did). It imports nothing from the gateway (no fastapi/uvicorn), nor redis, xgrammar, the gRPC
-server extras or the generated protobuf code (the GPU machine's image has torch, transformers,
-grpcio and numpy, not the rest of the project's dependencies; the CPU dry run checks it in a venv
-without them), and needs no network. `--device cpu --preset tiny` is the dry path the CPU test suite runs."""
+one runs (exit status 1 when any did). It imports nothing from the gateway (no fastapi/uvicorn),
+nor redis, xgrammar, the gRPC server extras or the generated protobuf code (the GPU machine's
+image has torch, transformers, grpcio and numpy, not the rest of the project's dependencies; the
+CPU dry run checks it in a venv without them), and needs no network. `--device cpu --preset tiny`
+is the dry path the CPU test suite runs."""
 
 from __future__ import annotations
 
