@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-# Triton kernels (the engine's paged decode) run in Triton's interpreter where there is no NVIDIA
-# GPU. Triton reads the switch when it is first imported, so it is set before any test imports it.
-if not Path("/dev/nvidiactl").exists():
+# Triton kernels (the engine's paged decode) run in Triton's interpreter where there is no CUDA
+# device. Triton reads the switch when it is first imported, so it is set before any test imports
+# it (importing torch does not import Triton).
+if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
