@@ -69,3 +69,20 @@ def test_stop_string_cuts_the_text_before_it(tiny_kit):
     assert request.finish_reason is FinishReason.STOP
     assert request.text == text[: text.index(stop)]
     assert len(request.token_ids) < len(free.token_ids)
+
+
+def test_greedy_picks_what_argmax_picks_ties_and_nan_included():
+    """`generate` takes argmax; the sampler's cheaper `max(-1).indices` must pick the same token:
+    the first of tied maxima wherever they sit in the row, and a NaN row's NaN."""
+    import torch
+
+    from language_service.engine.sampler import SamplingBatch, sample
+
+    logits = torch.randn(6, 4160, generator=torch.Generator().manual_seed(0))
+    logits[0, [17, 18]] = 9.0  # adjacent
+    logits[1, [0, 4159]] = 9.0  # both ends
+    logits[2, [31, 32, 2048, 4095]] = 9.0  # across vector lanes and chunk edges
+    logits[3] = 0.0  # all tied
+    logits[4, [100, 3000]] = float("nan")
+    batch = SamplingBatch([True] * 6, [1.0] * 6, [0] * 6, [1.0] * 6, [None] * 6)
+    assert sample(logits, batch) == logits.argmax(-1).tolist() == [17, 0, 31, 0, 100, int(logits[5].argmax())]
