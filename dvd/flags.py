@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from dvd.config import DeviceConfig
+from dvd.config import DECODE_ATTENTION, DeviceConfig
 from dvd.tls import TlsFiles
 
 
@@ -23,6 +23,14 @@ def add_common(parser: argparse.ArgumentParser, default_port: int) -> None:
     add_server_tls(parser)
     parser.add_argument("--threads", type=int, default=0,
                         help="torch compute threads (0: one per pinned CPU, else torch's default: one per core)")
+
+
+def add_decode_attention(parser: argparse.ArgumentParser) -> None:
+    """`--decode-attention` (LanguageConfig.decode_attention), for every command that runs engines."""
+    parser.add_argument("--decode-attention", choices=DECODE_ATTENTION, default="auto",
+                        help="decode attention on a GPU: auto (flash-attn's paged kernel when installed, else "
+                             "gather), gather (keys gathered, then SDPA), triton (paged Triton kernel, reads the "
+                             "cache in place)")
 
 
 def add_cpus(parser: argparse.ArgumentParser) -> None:

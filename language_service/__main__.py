@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from dvd.config import DECODE_ATTENTION, LanguageConfig
+from dvd.config import LanguageConfig
 from dvd.flags import (
     add_client_tls,
     add_common,
+    add_decode_attention,
     add_redis,
     client_tls,
     device_config,
@@ -34,9 +35,7 @@ def parse_config(argv: list[str] | None = None) -> LanguageConfig:
     p.add_argument("--batch-invariant", action="store_true",
                    help="bit-exact outputs whatever else is batched (slower; see README)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on a GPU")
-    p.add_argument("--decode-attention", choices=DECODE_ATTENTION, default="auto",
-                   help="decode attention on a GPU: auto (flash-attn's paged kernel when installed, else gather), "
-                        "gather (keys gathered, then SDPA), triton (paged Triton kernel, reads the cache in place)")
+    add_decode_attention(p)
     p.add_argument("--no-fused-layers", action="store_true",
                    help="batched forwards through transformers' stock decoder layers (default: the fused layer)")
     p.add_argument("--no-prefix-caching", action="store_true",

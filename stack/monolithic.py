@@ -9,8 +9,8 @@ import asyncio
 import logging
 
 from dvd.checkpoint import resolve_checkpoint
-from dvd.config import DECODE_ATTENTION, LanguageConfig, VisionConfig
-from dvd.flags import add_common, device_config, server_tls, setup_logging
+from dvd.config import LanguageConfig, VisionConfig
+from dvd.flags import add_common, add_decode_attention, device_config, server_tls, setup_logging
 from dvd.grpc_server import GrpcService
 from dvd.metrics import MetricsServer, new_registry
 from language_service.core import LanguageCore
@@ -58,8 +58,7 @@ def parse_configs(argv: list[str] | None = None) -> tuple[VisionConfig, Language
     p.add_argument("--max-running-seqs", type=int, default=16)
     p.add_argument("--batch-invariant", action="store_true", help="bit-exact solo == batched outputs (slower)")
     p.add_argument("--no-prefix-caching", action="store_true", help="prefill every prompt in full")
-    p.add_argument("--decode-attention", choices=DECODE_ATTENTION, default="auto",
-                   help="decode attention on a GPU: auto | gather | triton (paged Triton kernel)")
+    add_decode_attention(p)
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: a free one)")
     p.add_argument("--chat-template", default="checkpoint", help="checkpoint | internvl2_5 | PATH.jinja")
     a = p.parse_args(argv)

@@ -9,8 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
-from dvd.config import DECODE_ATTENTION, DEFAULT_MODEL, RESIZE_ON_DEVICE
-from dvd.flags import setup_logging
+from dvd.config import DEFAULT_MODEL, RESIZE_ON_DEVICE
+from dvd.flags import add_decode_attention, setup_logging
 from stack.launcher import LocalStack, StackOptions
 from stack.supervisor import RestartPolicy, Supervisor
 from tools.bench import commands as bench_commands
@@ -39,7 +39,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
         vision_replicas=a.vision_replicas, language_replicas=a.language_replicas, model_name=a.model_name,
         device=a.device, dtype=a.dtype, redis_url=a.redis, log_dir=Path(a.log_dir) if a.log_dir else None,
         threads=a.threads, chat_template=a.chat_template, batch_invariant=a.batch_invariant,
-        prefix_caching=not a.no_prefix_caching, decode_attention=a.decode_attention, tls_ca=a.tls_ca, tls_cert=a.tls_cert, tls_key=a.tls_key,
+        prefix_caching=not a.no_prefix_caching, decode_attention=a.decode_attention,
+        tls_ca=a.tls_ca, tls_cert=a.tls_cert, tls_key=a.tls_key,
         gateway_args=["--api-keys-file", a.api_keys_file] if a.api_keys_file else [], vision_args=_vision_args(a),
     )
     stop = threading.Event()
@@ -107,8 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="language engines give bit-identical outputs whatever else is batched (slower; see README)")
     sv.add_argument("--no-prefix-caching", action="store_true",
                     help="language engines prefill every prompt in full (default: reuse cached prefixes' KV)")
-    sv.add_argument("--decode-attention", choices=DECODE_ATTENTION, default="auto",
-                    help="language engines' decode attention on a GPU: auto | gather | triton (paged Triton kernel)")
+    add_decode_attention(sv)
     sv.add_argument("--vision-replicas", type=int, default=1)
     sv.add_argument("--preprocess-workers", type=int, default=0,
                     help="decode/resize/tile threads per vision replica (0: one per CPU it may use)")
@@ -155,8 +155,7 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     en.add_argument("--dtype", default="auto")
     en.add_argument("--attention", default="auto", help="auto | sdpa | eager | flash_attention_2")
     en.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on a GPU")
-    en.add_argument("--decode-attention", choices=DECODE_ATTENTION, default="auto",
-                    help="the engine's decode attention on a GPU: auto | gather | triton (paged Triton kernel)")
+    add_decode_attention(en)
     en.add_argument("--batch-invariant", action="store_true", help="measure the bit-exact mode instead")
     en.add_argument("--layers", choices=("both", "fused", "stock"), default="both",
                     help="the engine's decoder layers in batched forwards: both (fused and stock alternating, "

@@ -160,23 +160,24 @@ class PagedPlan:
         """The fused layer's layout: query [rows, heads, D] (one token per row), layer_kv
         [2, slots, kv_heads, D] -> [rows, heads, D]."""
         keys, values = layer_kv
-        if self.kernel == "triton":
-            return paged_decode(query, keys, values, self.block_table, self.cache_seqlens, self.block_size, scaling)
-        out = self.attend(query.contiguous()[:, :, None], keys, values, scaling)  # [rows, 1, heads, D]
-        return out.view(query.shape)
+        return self._decode(query, keys, values, scaling)
 
     def attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> torch.Tensor:
-        """query [rows, heads, 1, D], keys/values [slots, kv_heads, D] -> [rows, 1, heads, D]."""
+        """The stock layers' layout: query [rows, heads, 1, D], keys/values [slots, kv_heads, D]
+        -> [rows, 1, heads, D]."""
+        return self._decode(query[:, :, 0], keys, values, scaling)[:, None]
+
+    def _decode(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> torch.Tensor:
+        """query [rows, heads, D], keys/values [slots, kv_heads, D] -> [rows, heads, D]."""
         if self.kernel == "triton":
-            out = paged_decode(query[:, :, 0], keys, values, self.block_table, self.cache_seqlens, self.block_size,
-                               scaling)
-            return out[:, None]
+            return paged_decode(query, keys, values, self.block_table, self.cache_seqlens, self.block_size, scaling)
         from flash_attn import flash_attn_with_kvcache
 
         shape = (-1, self.block_size, *keys.shape[1:])  # [blocks, block_size, kv_heads, D]
-        return flash_attn_with_kvcache(query.transpose(1, 2), keys.view(shape), values.view(shape),
-                                       cache_seqlens=self.cache_seqlens, block_table=self.block_table,
-                                       softmax_scale=scaling, causal=True)  # [rows, 1, heads, D]
+        out = flash_attn_with_kvcache(query.contiguous()[:, None], keys.view(shape), values.view(shape),
+                                      cache_seqlens=self.cache_seqlens, block_table=self.block_table,
+                                      softmax_scale=scaling, causal=True)  # [rows, 1, heads, D]
+        return out[:, 0]
 
 
 def paged_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

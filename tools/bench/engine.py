@@ -220,7 +220,8 @@ def load_core(opts: EngineBenchOptions):
                          max_running_seqs=top, max_queue=max(top, opts.poisson_requests, opts.prefix_cache_conversations),
                          max_kv_tokens=max(65536, top * (opts.prompt_tokens + opts.max_tokens) * 2),
                          cuda_graphs=opts.cuda_graphs, batch_invariant=opts.batch_invariant,
-                         decode_attention=opts.decode_attention, prefix_caching=False)  # sections 1-2; section 4 turns it on by itself
+                         decode_attention=opts.decode_attention,
+                         prefix_caching=False)  # sections 1-2; section 4 turns it on by itself
     core = LanguageCore(cfg, opts.checkpoint)
     core.load()
     return core

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from dvd.checkpoint import load_model_config
 from dvd.devices import flash_attn_available
 from language_service.engine.triton_decode import triton_available
 from tools.bench import paged_decode
@@ -66,10 +67,9 @@ def bench_section(opts: EngineBenchOptions, device: str) -> Iterator[dict]:
 def paged_decode_section(checkpoint: Path, a: argparse.Namespace) -> dict:
     """One layer's decode attention per backend (tools/bench/paged_decode.py) at the checkpoint's
     heads, at longer contexts than the engine bench's prompts."""
-    config = json.loads((checkpoint / "config.json").read_text())
-    text = config.get("text_config") or config.get("llm_config") or {}  # HF-native / original layout
-    heads, kv_heads = text.get("num_attention_heads", 14), text.get("num_key_value_heads", 2)
-    dim = text.get("head_dim") or text.get("hidden_size", 896) // heads
+    text = load_model_config(checkpoint).text_config  # either layout
+    heads, kv_heads = int(text.num_attention_heads), int(text.num_key_value_heads)
+    dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
     batches, keys = [int(b) for b in a.decode_batches.split(",")], [int(k) for k in a.decode_keys.split(",")]
     started = time.perf_counter()
     results = paged_decode.run(torch.device(a.device), getattr(torch, a.dtype), batches, keys, heads, kv_heads, dim)

@@ -22,6 +22,7 @@ import torch
 
 from dvd.devices import flash_attn_available
 from language_service.engine.attention import BatchedPlan, PagedPlan
+from language_service.engine.plans import Planner
 from language_service.engine.triton_decode import interpreter_on, triton_available
 
 FLASH_BLOCK = 256  # flash-attn's paged kernel takes blocks of 256 slots
@@ -56,11 +57,11 @@ def _layout(rows: int, keys: int, block: int, kv_heads: int, dim: int, dtype, de
 
 def _gather_plan(table: torch.Tensor, lengths: torch.Tensor, block: int, keys: int, dtype) -> BatchedPlan:
     """What `Planner.decode` builds: every row's slots for `keys` positions and an additive mask."""
+    planner = Planner(block, 0, table.device, "sdpa", dtype)
     offsets = torch.arange(block, device=table.device)
     slots = (table.long()[:, :, None] * block + offsets).view(table.shape[0], -1)[:, :keys]  # [R, S]
     keep = torch.arange(keys, device=table.device)[None] < lengths[:, None].long()  # [R, S]
-    mask = torch.zeros(keep.shape, dtype=dtype, device=table.device).masked_fill_(~keep, float("-inf"))
-    return BatchedPlan(table.shape[0], keys, slots.reshape(-1), mask[:, None, None])
+    return BatchedPlan(table.shape[0], keys, slots.reshape(-1), planner.batch_mask(keep[:, None, None]))
 
 
 def measure(rows: int, keys: int, heads: int, kv_heads: int, dim: int, dtype, device, iters: int) -> dict:
